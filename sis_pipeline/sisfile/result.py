@@ -1,0 +1,94 @@
+"""The values the file contract hands downstream. Frames hold strings as read, plus `line_number`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+#: Columns of every rejected-rows frame (and of the `sis_rejected_rows` table, less sync/client ids).
+REJECTED_COLUMNS = ("line_number", "column_name", "reason_code", "message")
+
+#: Columns of `MappedFile.subscribers`.
+SUBSCRIBER_COLUMNS = (
+    "subscriber_key",
+    "email",
+    "first_name",
+    "last_name",
+    "user_login",
+    "graduation_year",
+    "user_type",
+    "email_opt_out",
+    "delete",
+    "line_number",
+)
+
+#: Columns of `MappedFile.memberships`.
+MEMBERSHIP_COLUMNS = ("subscriber_key", "community_group", "community")
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """Why a whole file is ignored (nothing applied, everyone protected)."""
+
+    code: str  # e.g. not_decodable, no_header, no_data, missing_column, duplicate_column, unreadable_quoting
+    message: str  # names the file and, where known, line / column / byte offset
+    line_number: int | None = None
+    column_name: str | None = None
+    byte_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class FileWarning:
+    """Something imported with a value dropped or a file-level oddity; `count` rows share it."""
+
+    code: str  # e.g. windows_1252, unmapped_column, graduation_invalid, user_type_unmapped, extra_value_unmapped
+    message: str
+    column_name: str | None = None
+    value: str | None = None  # the offending value (never personal data: types, groups, graduation text)
+    count: int = 1
+
+
+@dataclass
+class ValidatedFile:
+    """A parsed and validated file. When `problem` is set the file is ignored and the frames are empty."""
+
+    client_id: str
+    source: str
+    encoding: str
+    rows_total: int  # data records read (header excluded)
+    valid: pd.DataFrame  # canonical columns present in the file, as trimmed strings, plus int `line_number`
+    rejected: pd.DataFrame  # REJECTED_COLUMNS, one row per (line, column, reason)
+    warnings: list[FileWarning] = field(default_factory=list)
+    protected_keys: pd.Series = field(default_factory=lambda: pd.Series([], dtype="string"))
+    rows_warned: int = 0  # rows imported with at least one value dropped
+    problem: FileProblem | None = None
+
+    @property
+    def ignored(self) -> bool:
+        return self.problem is not None
+
+    @property
+    def rows_valid(self) -> int:
+        return len(self.valid)
+
+    @property
+    def rows_rejected(self) -> int:
+        return int(self.rejected["line_number"].nunique()) if len(self.rejected) else 0
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """Rejected lines per reason code."""
+        if not len(self.rejected):
+            return {}
+        counts = self.rejected.drop_duplicates(["line_number", "reason_code"])["reason_code"].value_counts()
+        return {str(k): int(v) for k, v in counts.sort_index().items()}
+
+
+@dataclass
+class MappedFile:
+    """Subscribers and memberships as the warehouse stores them (§4)."""
+
+    client_id: str
+    subscribers: pd.DataFrame  # SUBSCRIBER_COLUMNS, one row per subscriber_key
+    memberships: pd.DataFrame  # MEMBERSHIP_COLUMNS
+    protected_keys: pd.Series  # every identity present in the file, valid or rejected (never deprovisioned)
