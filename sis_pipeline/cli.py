@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--override-guard", action="store_true", help="apply past the mass-change guard")
     sync.add_argument("--dry-run", action="store_true", help="preview: everything but the warehouse write")
     sync.add_argument("--version-id", metavar="VERSION", help="replay this S3 object version (one client only)")
+    sync.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="run up to N clients at once in worker processes"
+    )
     sync.set_defaults(run=_handler("sis_pipeline.runner:run_sync_command"))
 
     log = commands.add_parser("log", help="show recent sync log rows")

@@ -18,6 +18,7 @@ S3_ENDPOINT_ENV = "SIS_S3_ENDPOINT_URL"
 IAM_ENDPOINT_ENV = "SIS_IAM_ENDPOINT_URL"
 SQS_ENDPOINT_ENV = "SIS_SQS_ENDPOINT_URL"
 ARCHIVE_ENV = "SIS_ARCHIVE_URI"
+EVENTS_QUEUE_ENV = "SIS_EVENTS_QUEUE_URL"
 
 
 def _env(name: str) -> str | None:
@@ -61,3 +62,8 @@ def iam_endpoint_url() -> str | None:
 def sqs_endpoint_url() -> str | None:
     """SQS endpoint: `$SIS_SQS_ENDPOINT_URL`, else the S3 endpoint when one is set."""
     return _env(SQS_ENDPOINT_ENV) or s3_endpoint_url()
+
+
+def events_queue_url() -> str | None:
+    """SQS queue of S3 event notifications; when set, the upload sensor reads events instead of polling."""
+    return _env(EVENTS_QUEUE_ENV)

@@ -19,7 +19,7 @@ def _isolated_environment(tmp_path, monkeypatch):
     """Every test gets its own data folder and no stray AWS or SIS settings from the developer's shell."""
     monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path / "data"))
     for name in ("SIS_WAREHOUSE_URL", "SIS_CLIENTS_FILE", "SIS_S3_ENDPOINT_URL", "SIS_IAM_ENDPOINT_URL",
-                 "SIS_SQS_ENDPOINT_URL", "SIS_ARCHIVE_URI", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+                 "SIS_SQS_ENDPOINT_URL", "SIS_ARCHIVE_URI", "SIS_EVENTS_QUEUE_URL", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -102,3 +102,20 @@ def warehouse_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'warehouse.sqlite'}"
     return request.getfixturevalue("postgres_schema_url")
+
+
+@pytest.fixture
+def harness(tmp_path, s3_client, s3_endpoint):
+    """The Dagster layer's test harness (see orchestration_support.Harness)."""
+    from sis_pipeline_tests.orchestration_support import Harness
+
+    return Harness(tmp=tmp_path, endpoint=s3_endpoint, s3=s3_client)
+
+
+@pytest.fixture
+def dagster_instance():
+    """Dagster's own test instance (SQLite storage in a temporary folder)."""
+    from dagster import instance_for_test
+
+    with instance_for_test() as instance:
+        yield instance

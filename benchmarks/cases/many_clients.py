@@ -1,0 +1,122 @@
+"""Many schools at once: `--clients` clients of `--rows-per-client` users, each in its own bucket.
+
+- `weekly_1000_clients`: every client's file synced, through `sis-pipeline sync --all` (the same partitions
+  the weekly schedule requests on a Saturday night), into a SQLite warehouse.
+- `sensor_poll_1000`: one tick of `sis_upload_sensor` in polling mode over every client's bucket, all of
+  them with a new upload, so the tick requests one run per client.
+- `sensor_sqs_1000`: one tick of `sis_upload_sensor` in event mode, with one S3 `ObjectCreated`
+  notification per client waiting on an SQS queue. The sensor reads the queue URL from the environment
+  variable named by `sis_pipeline.sensors.SQS_QUEUE_URL_ENV`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from benchmarks.cases import BenchContext, CaseUnavailable
+from benchmarks.cases.pipeline import (
+    bucket_for,
+    check_pipeline,
+    cli,
+    enter_environment,
+    upload_many,
+)
+from benchmarks.generate import iter_file_chunks
+
+SENSOR_NAME = "sis_upload_sensor"
+
+
+def _client_ids(ctx: BenchContext) -> list[str]:
+    return [f"c{i:04d}" for i in range(ctx.clients)]
+
+
+def check_available(ctx: BenchContext) -> None:
+    check_pipeline()
+
+
+def _sqs_env_name() -> str:
+    import sis_pipeline.sensors as sensors
+
+    name = getattr(sensors, "SQS_QUEUE_URL_ENV", None)
+    if not name:
+        raise CaseUnavailable("needs sis_pipeline.sensors.SQS_QUEUE_URL_ENV (the event-mode queue setting)")
+    return name
+
+
+def prepare(ctx: BenchContext) -> None:
+    check_pipeline()
+    clients = _client_ids(ctx)
+    enter_environment(ctx, clients)
+    if ctx.case == "sensor_sqs_1000":
+        _sqs_env_name()
+    files = {
+        cid: b"".join(bytes(chunk) for chunk in iter_file_chunks(ctx.rows_per_client, 1, ctx.seed + i))
+        for i, cid in enumerate(clients)
+    }
+    upload_many(ctx, files)
+    if ctx.case == "weekly_1000_clients":
+        if cli("migrate") != 0:
+            raise RuntimeError("sis-pipeline migrate failed")
+    elif ctx.case == "sensor_sqs_1000":
+        import boto3
+
+        sqs = boto3.client("sqs", endpoint_url=ctx.s3_endpoint, region_name="us-east-1")
+        queue_url = sqs.create_queue(QueueName="sis-bench-uploads")["QueueUrl"]
+        for start in range(0, len(clients), 10):
+            entries = [
+                {"Id": str(n), "MessageBody": json.dumps(_s3_event(bucket_for(cid)))}
+                for n, cid in enumerate(clients[start : start + 10])
+            ]
+            sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        Path(ctx.work_dir, "queue_url").write_text(queue_url)
+
+
+def _s3_event(bucket: str) -> dict:
+    """The body S3 sends to SQS for an upload."""
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": "student_feed.csv"}},
+            }
+        ]
+    }
+
+
+def before_run(ctx: BenchContext) -> None:
+    enter_environment(ctx, _client_ids(ctx))
+    if ctx.case == "sensor_sqs_1000":
+        os.environ[_sqs_env_name()] = Path(ctx.work_dir, "queue_url").read_text()
+    import sis_pipeline.definitions  # noqa: F401  (loaded before the clock starts, as in a daemon)
+
+
+def run(ctx: BenchContext) -> dict:
+    if ctx.case == "weekly_1000_clients":
+        code = cli("sync", "--all")
+        if code != 0:
+            raise RuntimeError(f"sis-pipeline sync --all exited {code}")
+        return {
+            "rows": ctx.clients * ctx.rows_per_client,
+            "note": f"{ctx.clients} clients × {ctx.rows_per_client} users through `sis-pipeline sync --all`",
+        }
+    from dagster import DagsterInstance, build_sensor_context
+
+    from sis_pipeline.definitions import defs
+
+    sensor = defs.get_sensor_def(SENSOR_NAME)
+    with DagsterInstance.get() as instance:
+        context = build_sensor_context(instance=instance, definitions=defs, sensor_name=SENSOR_NAME)
+        tick = sensor.evaluate_tick(context)
+    requested = len(tick.run_requests or [])
+    if requested < ctx.clients:
+        raise RuntimeError(f"one tick requested {requested} runs for {ctx.clients} uploads")
+    return {
+        "rows": ctx.clients,
+        "note": f"{requested} run requests in one tick",
+        "detail": {"runs": requested},
+    }

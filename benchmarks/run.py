@@ -1,0 +1,302 @@
+"""Run every benchmark case and print a Markdown table of seconds, peak memory and ratios to the floor.
+
+    python -m benchmarks.run [--rows N] [--clients N] [--rows-per-client N] [--postgres URL] [--out DIR]
+                             [--cases a,b]
+
+Each case runs in fresh processes: `prepare` (not measured) then `run` (measured: wall time around the
+case's work, peak RSS of that process and the processes it waited for). The floor is measured in the same
+run, because absolute times drift with the machine and its load; targets are ratios to it or seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.cases import CASES, BenchContext, CaseSpec, CaseUnavailable
+from benchmarks.generate import DEFAULT_SEED, generate_pair
+
+
+@dataclass
+class CaseResult:
+    """One row of the table."""
+
+    case: str
+    database: str
+    rows: int | None = None
+    seconds: float | None = None
+    peak_mib: float | None = None
+    ratio: float | None = None  # to the floor of the same database
+    target: str = ""
+    met: str = ""
+    note: str = ""
+    detail: dict | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# child side: one phase of one case in this process
+
+
+def _child(phase: str, ctx_path: str, result_path: str) -> int:
+    ctx = BenchContext.from_json(Path(ctx_path).read_text())
+    os.environ.update(ctx.env)
+    module = importlib.import_module(CASES[ctx.case].module)
+    out: dict = {}
+    try:
+        if phase == "prepare":
+            module.prepare(ctx)
+        elif phase == "cleanup":
+            if hasattr(module, "cleanup"):
+                module.cleanup(ctx)
+        else:
+            if hasattr(module, "before_run"):  # imports and environment, outside the clock
+                module.before_run(ctx)
+            started = time.perf_counter()
+            out = module.run(ctx) or {}
+            out["seconds"] = time.perf_counter() - started
+            peak_kib = max(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+            )
+            out["peak_mib"] = peak_kib / 1024  # Linux reports KiB
+    except CaseUnavailable as exc:
+        out = {"unavailable": str(exc)}
+    Path(result_path).write_text(json.dumps(out, default=str))
+    return 0
+
+
+def _run_phase(phase: str, ctx: BenchContext) -> dict:
+    work = Path(ctx.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    ctx_path, result_path = work / "ctx.json", work / f"{phase}.json"
+    ctx_path.write_text(ctx.to_json())
+    result_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "benchmarks.run", "--_child", phase, str(ctx_path), str(result_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    (work / f"{phase}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not result_path.exists():
+        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
+        return {
+            "failed": f"{phase} failed (exit {proc.returncode}): {tail[0][:160]}; see {work / (phase + '.log')}"
+        }
+    return json.loads(result_path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parent side
+
+
+class _S3Server:
+    """moto's server in its own process on a free loopback port (S3, IAM and SQS), for one case."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("moto server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def run_case(spec: CaseSpec, database: str, base: BenchContext) -> CaseResult:
+    """Prepare, run and clean up one case on one database, each in a fresh process."""
+    result = CaseResult(case=spec.name, database=database, target=spec.target)
+    if database == "postgresql" and not base.postgres_url:
+        result.note = "not available: needs --postgres URL"
+        return result
+    ctx = BenchContext(**{**asdict(base), "case": spec.name, "database": database})
+    ctx.work_dir = str(Path(base.out_dir) / "work" / f"{spec.name}_{database if database != '-' else 'none'}")
+    module = importlib.import_module(spec.module)
+    try:
+        if hasattr(module, "check_available"):
+            module.check_available(ctx)
+    except CaseUnavailable as exc:
+        result.note = f"not available: {exc}"
+        return result
+    server = _S3Server() if spec.needs_s3 else None
+    try:
+        if server:
+            ctx.s3_endpoint = server.url
+        outcome = _run_phase("prepare", ctx)
+        if not outcome:
+            outcome = _run_phase("run", ctx)
+        _run_phase("cleanup", ctx)
+    finally:
+        if server:
+            server.stop()
+    if "unavailable" in outcome:
+        result.note = f"not available: {outcome['unavailable']}"
+    elif "failed" in outcome:
+        result.note = outcome["failed"]
+    else:
+        scale = float(outcome.get("scale", 1.0))
+        result.rows = outcome.get("rows")
+        result.seconds = outcome["seconds"] * scale
+        result.peak_mib = outcome["peak_mib"]
+        result.note = outcome.get("note", "")
+        result.detail = outcome.get("detail")
+    return result
+
+
+def _judge(results: list[CaseResult]) -> None:
+    """Fill ratios and met? once every case has run."""
+    floors = {r.database: r.seconds for r in results if r.case.startswith("floor_") and r.seconds}
+    pipeline = {r.database: r.seconds for r in results if r.case == "dagster_full_run" and r.seconds}
+    for r in results:
+        spec = CASES[r.case]
+        if r.seconds is None:
+            r.met = "n/a"
+            continue
+        if r.database in floors:
+            r.ratio = r.seconds / floors[r.database]
+        if r.case.startswith("floor_"):
+            r.met = "—"
+        elif r.case == "naive_to_sql":
+            ours, who = (
+                (pipeline[r.database], "pipeline")
+                if r.database in pipeline
+                else (floors.get(r.database), "floor")
+            )
+            r.met = f"{who} {r.seconds / ours:.0f}× faster" if ours else "n/a"
+        else:
+            ok = True
+            if spec.target_ratio is not None:
+                ok = r.ratio is not None and r.ratio <= spec.target_ratio
+            if spec.target_seconds is not None:
+                ok = ok and r.seconds <= spec.target_seconds
+            if spec.target_peak_mib is not None:
+                ok = ok and r.peak_mib is not None and r.peak_mib <= spec.target_peak_mib
+            r.met = "yes" if ok else "**no**"
+
+
+def markdown_table(results: list[CaseResult]) -> str:
+    """The table as printed and as pasted into docs/BENCHMARKS.md."""
+    lines = [
+        "| case | database | rows | seconds | peak MiB | × floor | target | met? |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        seconds = f"{r.seconds:.2f}" if r.seconds is not None else r.note or "—"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r.case,
+                    r.database,
+                    f"{r.rows:,}" if r.rows else "—",
+                    seconds,
+                    f"{r.peak_mib:,.0f}" if r.peak_mib is not None else "—",
+                    f"{r.ratio:.2f}" if r.ratio is not None else "—",
+                    r.target,
+                    r.met,
+                ]
+            )
+            + " |"
+        )
+    notes = [f"- {r.case} ({r.database}): {r.note}" for r in results if r.seconds is not None and r.note]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _machine() -> dict:
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--_child"]:
+        return _child(*argv[1:4])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="users in the big file (default 1M)")
+    parser.add_argument("--clients", type=int, default=1000, help="clients in the many-clients cases")
+    parser.add_argument("--rows-per-client", type=int, default=1000, help="users per client in those cases")
+    parser.add_argument("--postgres", metavar="URL", default=os.environ.get("SIS_BENCH_POSTGRES_URL"),
+                        help="PostgreSQL database for the postgresql cases (scratch schemas, dropped after)")  # fmt: skip
+    parser.add_argument("--out", metavar="DIR", default="benchmark-results", help="files, work dirs, results")
+    parser.add_argument("--cases", help=f"comma-separated subset of: {', '.join(CASES)}")
+    parser.add_argument("--naive-sample", type=int, default=100_000, help="rows the naive case really runs")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    args = parser.parse_args(argv)
+
+    selected = args.cases.split(",") if args.cases else list(CASES)
+    unknown = [name for name in selected if name not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(unknown)}")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base = BenchContext(
+        case="",
+        database="",
+        rows=args.rows,
+        clients=args.clients,
+        rows_per_client=args.rows_per_client,
+        out_dir=str(out),
+        work_dir="",
+        seed=args.seed,
+        postgres_url=args.postgres,
+        naive_sample_rows=args.naive_sample,
+    )
+    started = time.perf_counter()
+    week1, week2 = generate_pair(out / "files", args.rows, args.seed)
+    print(f"files: {week1.path} ({week1.rows:,} rows, {week1.bytes / 2**20:.0f} MiB), {week2.path} "
+          f"({week2.rows:,} rows) in {time.perf_counter() - started:.1f} s", file=sys.stderr)  # fmt: skip
+    machine_before = _machine()
+    results: list[CaseResult] = []
+    for name in [n for n in CASES if n in selected]:  # the floors first: every ratio needs them
+        spec = CASES[name]
+        for database in spec.databases:
+            print(f"running {name} ({database}) ...", file=sys.stderr, flush=True)
+            try:
+                results.append(run_case(spec, database, base))
+            except Exception:  # the table must still print; the traceback says what broke
+                traceback.print_exc()
+                results.append(CaseResult(name, database, target=spec.target, note="failed in the runner"))
+    _judge(results)
+    table = markdown_table(results)
+    machine = {"before": machine_before, "after": _machine()}
+    (out / "results.json").write_text(
+        json.dumps({"machine": machine, "results": [asdict(r) for r in results]}, indent=2, default=str)
+    )
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    load = machine_before["load_average"][0], machine["after"]["load_average"][0]
+    print(f"\n{machine['after']['cpus']} CPUs; load average {load[0]:.2f} before, {load[1]:.2f} after the run",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

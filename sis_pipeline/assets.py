@@ -1,0 +1,417 @@
+"""The five partitioned assets of one client's import, and their checks (PRODUCT.md §7).
+
+They are computed by one multi-asset step, `sis_import`: bytes -> validated -> mapped -> plan -> warehouse.
+One step rather than five means the 1M-row frames pass between stages in memory instead of being pickled or
+written to Parquet and read back (about a second per hand-off at that size, see docs/ARCHITECTURE.md). The
+step can be subset: a *preview* selects everything but `subscribers_table`. When `raw_sis_file` is not
+selected (e.g. only `subscribers_table` is materialised from the UI), the step replays the exact bytes of the
+partition's last `raw_sis_file` materialisation from the archive, so it applies what was previewed.
+"""
+
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSpec,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    PartitionsDefinition,
+    multi_asset,
+)
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from sis_pipeline import metadata as md
+from sis_pipeline.file_version import FileVersion
+from sis_pipeline.registry import ClientConfig
+from sis_pipeline.resources import ArchiveResource, RegistryResource, WarehouseResource
+from sis_pipeline.s3 import fetch_upload
+from sis_pipeline.sisfile import map_file, validate_file
+from sis_pipeline.sisfile.result import ValidatedFile
+
+RAW_SIS_FILE = AssetKey("raw_sis_file")
+VALIDATED_SIS_FRAME = AssetKey("validated_sis_frame")
+MAPPED_SUBSCRIBERS = AssetKey("mapped_subscribers")
+DEPROVISION_SET = AssetKey("deprovision_set")
+SUBSCRIBERS_TABLE = AssetKey("subscribers_table")
+
+ALL_ASSETS = (RAW_SIS_FILE, VALIDATED_SIS_FRAME, MAPPED_SUBSCRIBERS, DEPROVISION_SET, SUBSCRIBERS_TABLE)
+PREVIEW_ASSETS = ALL_ASSETS[:-1]
+
+CHECK_FILE_ACCEPTED = "file_accepted"
+CHECK_REJECTED_ROW_RATE = "rejected_row_rate"
+CHECK_GUARD = "mass_change_guard"
+CHECK_WAREHOUSE_MATCHES = "warehouse_matches_file"
+
+GROUP = "sis_import"
+CLIENT_TAG = "sis/client"
+
+
+class SisImportConfig(Config):
+    """Run config for manual re-runs and backfills (PRODUCT.md §7)."""
+
+    force: bool = Field(default=False, description="Re-apply a file whose sha256 equals the last applied one.")
+    override_guard: bool = Field(default=False, description="Apply even when the mass-change guard trips.")
+    version_id: str | None = Field(default=None, description="Replay this S3 object version of the upload.")
+    dry_run: bool = Field(default=False, description="Preview only: compute everything, write nothing.")
+    warn_rejected_share: float = Field(
+        default=0.02, ge=0, le=1, description="The rejected-row check warns above this share of rows."
+    )
+
+
+@dataclass
+class _File:
+    version: FileVersion
+    data: bytes
+    archived_at: str
+
+
+def _specs() -> list[AssetSpec]:
+    kinds = {"python", "s3"}
+    return [
+        AssetSpec(
+            RAW_SIS_FILE,
+            description="The exact object version read from the client's bucket, archived by sha256.",
+            group_name=GROUP,
+            kinds=kinds,
+            skippable=True,
+        ),
+        AssetSpec(
+            VALIDATED_SIS_FRAME,
+            deps=[RAW_SIS_FILE],
+            description="The file parsed and validated against the file contract: valid rows, rejected rows "
+            "with line numbers and reasons, warnings.",
+            group_name=GROUP,
+            kinds={"pandas", "pandera"},
+            skippable=True,
+        ),
+        AssetSpec(
+            MAPPED_SUBSCRIBERS,
+            deps=[VALIDATED_SIS_FRAME],
+            description="One row per subscriber with its key, and community memberships, per the client's "
+            "mapping rules.",
+            group_name=GROUP,
+            kinds={"pandas"},
+            skippable=True,
+        ),
+        AssetSpec(
+            DEPROVISION_SET,
+            deps=[MAPPED_SUBSCRIBERS],
+            description="The sync plan: inserts, updates, reactivations, deprovisions, deletes, and the "
+            "mass-change guard's verdict — what the write would change.",
+            group_name=GROUP,
+            kinds={"pandas"},
+            skippable=True,
+        ),
+        AssetSpec(
+            SUBSCRIBERS_TABLE,
+            deps=[DEPROVISION_SET],
+            description="The client's subscribers and communities in the warehouse, written in one "
+            "transaction, with a sync-log row.",
+            group_name=GROUP,
+            kinds={"sqlalchemy"},
+            skippable=True,
+        ),
+    ]
+
+
+def _check_specs() -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(
+            CHECK_FILE_ACCEPTED,
+            asset=VALIDATED_SIS_FRAME,
+            blocking=True,
+            description="The file is readable and has its header, data and required columns; an ignored "
+            "file stops the write and is logged `ignored`.",
+        ),
+        AssetCheckSpec(
+            CHECK_REJECTED_ROW_RATE,
+            asset=VALIDATED_SIS_FRAME,
+            description="Warns when the share of rejected rows is above `warn_rejected_share`.",
+        ),
+        AssetCheckSpec(
+            CHECK_GUARD,
+            asset=DEPROVISION_SET,
+            blocking=True,
+            description="Deprovisions + deletes stay within the client's guard; a tripped guard stops the "
+            "write and is logged `blocked` unless the run overrides it.",
+        ),
+        AssetCheckSpec(
+            CHECK_WAREHOUSE_MATCHES,
+            asset=SUBSCRIBERS_TABLE,
+            description="After the write, every subscriber in the file has the status the file implies and "
+            "the client's active count is what the plan said.",
+        ),
+    ]
+
+
+def _read_file(
+    context: AssetExecutionContext, client: ClientConfig, config: SisImportConfig, s3_client, archive
+) -> _File:
+    """The bytes this run works on: freshly read from S3, or replayed from the archive."""
+    if RAW_SIS_FILE in context.selected_asset_keys:
+        fetched = fetch_upload(s3_client, client, config.version_id)
+        archived_at = archive.put(client.id, fetched.version.sha256, fetched.data)
+        return _File(fetched.version, fetched.data, archived_at)
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=RAW_SIS_FILE, asset_partitions=[client.id]), limit=1
+    ).records
+    if not records:
+        raise Failure(
+            f"client {client.id}: raw_sis_file has never been materialised for this partition; "
+            "select raw_sis_file too"
+        )
+    meta = records[0].asset_materialization.metadata
+    sha256 = meta["sha256"].value
+    data = archive.get(client.id, sha256)
+    version = FileVersion(
+        bucket=meta["bucket"].value,
+        key=meta["key"].value,
+        etag=meta["etag"].value or None,
+        version_id=None if str(meta["version_id"].value).startswith("(") else meta["version_id"].value,
+        sha256=sha256,
+        size=len(data),
+    )
+    return _File(version, data, archive.location(client.id, sha256))
+
+
+def _file_checks(validated: ValidatedFile, config: SisImportConfig) -> list[AssetCheckResult]:
+    accepted = AssetCheckResult(
+        check_name=CHECK_FILE_ACCEPTED,
+        asset_key=VALIDATED_SIS_FRAME,
+        passed=not validated.ignored,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"reason": validated.problem.message if validated.problem else "accepted"},
+    )
+    share = validated.rows_rejected / validated.rows_total if validated.rows_total else 0.0
+    rate = AssetCheckResult(
+        check_name=CHECK_REJECTED_ROW_RATE,
+        asset_key=VALIDATED_SIS_FRAME,
+        passed=share <= config.warn_rejected_share,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "rejected_share": MetadataValue.float(round(share, 6)),
+            "threshold": MetadataValue.float(config.warn_rejected_share),
+            "rejected_by_reason": MetadataValue.json(validated.rejected_by_reason()),
+        },
+    )
+    return [accepted, rate]
+
+
+def _warehouse_check(warehouse, client_id: str, mapped, expected_active: int | None) -> AssetCheckResult:
+    """Every file subscriber has the status the file implies; the active count is what the plan said."""
+    state = warehouse.current_subscribers(client_id)[["subscriber_key", "status"]]
+    merged = mapped.subscribers[["subscriber_key", "delete"]].merge(state, on="subscriber_key", how="left")
+    expected = merged["delete"].map({True: "deleted", False: "active"})
+    wrong = int((merged["status"] != expected).sum())
+    active = int((state["status"] == "active").sum())
+    passed = wrong == 0 and (expected_active is None or active == expected_active)
+    return AssetCheckResult(
+        check_name=CHECK_WAREHOUSE_MATCHES,
+        asset_key=SUBSCRIBERS_TABLE,
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "file_subscribers_with_wrong_status": MetadataValue.int(wrong),
+            "active_in_warehouse": MetadataValue.int(active),
+            "expected_active": MetadataValue.int(expected_active if expected_active is not None else -1),
+        },
+    )
+
+
+def _expected_active(plan_counts: dict[str, int], active_before: int, deleted_active: int) -> int:
+    return (
+        active_before
+        + plan_counts.get("inserted", 0)
+        + plan_counts.get("reactivated", 0)
+        - plan_counts.get("deprovisioned", 0)
+        - deleted_active
+    )
+
+
+def build_import_assets(partitions_def: PartitionsDefinition):
+    """The `sis_import` multi-asset over the given client partitions."""
+
+    @multi_asset(
+        name="sis_import",
+        specs=_specs(),
+        check_specs=_check_specs(),
+        partitions_def=partitions_def,
+        can_subset=True,
+        op_tags={"kind": "sis"},
+    )
+    def sis_import(
+        context: AssetExecutionContext,
+        config: SisImportConfig,
+        s3: S3Resource,
+        registry: RegistryResource,
+        warehouse: WarehouseResource,
+        archive: ArchiveResource,
+    ) -> Iterator[MaterializeResult]:
+        client = registry.load()[context.partition_key]
+        selected = context.selected_asset_keys
+        store = warehouse.get()
+        s3_client = s3.get_client()
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+
+        file = _read_file(context, client, config, s3_client, archive.archive(s3_client))
+        timings["read"] = time.perf_counter() - started
+        context.log.info(
+            f"client {client.id}: read {file.version.uri} version "
+            f"{file.version.version_id or file.version.etag} ({file.version.size} bytes)"
+        )
+        if RAW_SIS_FILE in selected:
+            yield MaterializeResult(asset_key=RAW_SIS_FILE, metadata=md.file_metadata(file.version, file.archived_at))
+
+        writes = SUBSCRIBERS_TABLE in selected and client.auto_sync_enabled and not config.dry_run
+        if SUBSCRIBERS_TABLE in selected and not writes:
+            why = "dry run" if config.dry_run else "auto_sync_enabled is false (first file under review)"
+            context.log.info(f"client {client.id}: preview only — {why}")
+
+        last_sha = store.last_applied_sha256(client.id)
+        if writes and not config.force and last_sha == file.version.sha256:
+            # The fast path: the same bytes as the last applied file change nothing (§6).
+            outcome = store.record(
+                client_id=client.id,
+                status="unchanged",
+                file=file.version,
+                validated=None,
+                run_id=context.run_id,
+                message="file identical to the last applied one (sha256); nothing to do",
+            )
+            context.log.info(f"client {client.id}: unchanged file, sync {outcome.sync_id}")
+            yield MaterializeResult(
+                asset_key=SUBSCRIBERS_TABLE,
+                metadata={"status": "unchanged", "sync_id": MetadataValue.int(int(outcome.sync_id))},
+            )
+            return
+
+        t = time.perf_counter()
+        validated = validate_file(file.data, client, source=file.version.uri)
+        timings["validate"] = time.perf_counter() - t
+        context.log.info(
+            f"client {client.id}: {validated.rows_total} rows read, {validated.rows_valid} valid, "
+            f"{validated.rows_rejected} rejected {validated.rejected_by_reason()}"
+        )
+        yield MaterializeResult(
+            asset_key=VALIDATED_SIS_FRAME,
+            metadata=md.validation_metadata(validated),
+            check_results=_file_checks(validated, config),
+        )
+        if validated.ignored:
+            outcome = store.record(
+                client_id=client.id,
+                status="ignored",
+                file=file.version,
+                validated=validated,
+                run_id=context.run_id,
+                message=validated.problem.message,
+            )
+            context.log.error(f"client {client.id}: file ignored (sync {outcome.sync_id}): {validated.problem.message}")
+            return  # the failed blocking check fails the step: nothing downstream runs
+
+        t = time.perf_counter()
+        mapped = map_file(validated, client)
+        timings["map"] = time.perf_counter() - t
+        if MAPPED_SUBSCRIBERS in selected or DEPROVISION_SET in selected or SUBSCRIBERS_TABLE in selected:
+            yield MaterializeResult(asset_key=MAPPED_SUBSCRIBERS, metadata=md.mapping_metadata(mapped, validated))
+
+        t = time.perf_counter()
+        plan = store.preview(mapped, client, override_guard=config.override_guard)
+        timings["plan"] = time.perf_counter() - t
+        counts = plan.counts()
+        guard = plan.guard
+        status = "preview" if not writes else ("blocked" if guard.blocked else "planned")
+        summary = md.summary_markdown(client.id, file.version, validated, counts, status, guard.reason)
+        guard_result = AssetCheckResult(
+            check_name=CHECK_GUARD,
+            asset_key=DEPROVISION_SET,
+            passed=not guard.blocked,
+            # A preview only reports what the guard would do; it must not fail the preview run.
+            severity=AssetCheckSeverity.ERROR if writes else AssetCheckSeverity.WARN,
+            metadata={
+                "verdict": guard.reason,
+                "deprovisions": MetadataValue.int(int(guard.deprovisions)),
+                "deletes": MetadataValue.int(int(guard.deletes)),
+                "active_before": MetadataValue.int(int(guard.active_before)),
+                "overridden": config.override_guard,
+            },
+        )
+        yield MaterializeResult(
+            asset_key=DEPROVISION_SET,
+            metadata=md.plan_metadata(counts, guard, summary),
+            check_results=[guard_result],
+        )
+
+        if not writes:
+            outcome = store.record(
+                client_id=client.id,
+                status="preview",
+                file=file.version,
+                validated=validated,
+                run_id=context.run_id,
+                message="preview: " + ("dry run" if config.dry_run else "nothing written"),
+                plan=plan,
+            )
+            context.log.info(f"client {client.id}: preview recorded as sync {outcome.sync_id}: {counts}")
+            return
+
+        t = time.perf_counter()
+        outcome = store.apply(
+            client=client,
+            validated=validated,
+            mapped=mapped,
+            file=file.version,
+            run_id=context.run_id,
+            force=config.force,
+            override_guard=config.override_guard,
+        )
+        timings["apply"] = time.perf_counter() - t
+        context.log.info(f"client {client.id}: sync {outcome.sync_id} {outcome.status}: {outcome.counts}")
+        if outcome.status == "blocked":
+            # The guard passed on the preview but tripped under the lock: the warehouse moved in between.
+            raise Failure(f"client {client.id}: blocked by the mass-change guard: {outcome.message}")
+        if outcome.status not in ("applied", "unchanged"):
+            raise Failure(f"client {client.id}: sync ended {outcome.status}: {outcome.message}")
+
+        applied_plan = outcome.plan or plan
+        deleted_active = int(getattr(applied_plan, "deleted_active", applied_plan.counts().get("deleted", 0)))
+        expected_active = (
+            _expected_active(applied_plan.counts(), applied_plan.guard.active_before, deleted_active)
+            if outcome.status == "applied"
+            else None
+        )
+        check = _warehouse_check(store, client.id, mapped, expected_active)
+        yield MaterializeResult(
+            asset_key=SUBSCRIBERS_TABLE,
+            metadata={
+                "status": outcome.status,
+                "sync_id": MetadataValue.int(int(outcome.sync_id)),
+                **{f"applied_{k}": MetadataValue.int(int(v)) for k, v in outcome.counts.items()},
+                "timings_s": MetadataValue.json({k: round(v, 3) for k, v in timings.items()}),
+                "summary": MetadataValue.md(
+                    md.summary_markdown(client.id, file.version, validated, outcome.counts, outcome.status)
+                ),
+            },
+            check_results=[check],
+        )
+
+    return sis_import
+
+
+def selection_for(client: ClientConfig, *, preview: bool = False) -> list[AssetKey]:
+    """What a run for this client materialises: the full graph, or a preview when it must not write."""
+    if preview or not client.auto_sync_enabled:
+        return list(PREVIEW_ASSETS)
+    return list(ALL_ASSETS)

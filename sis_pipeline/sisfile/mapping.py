@@ -1,0 +1,387 @@
+"""Validated rows -> subscribers and community memberships (PRODUCT.md §4). Vectorised throughout.
+
+The value rules (email syntax, identity keys, graduation years, flags, multi-value cells) live here once and
+are used by validation too, so a value is never judged one way when validated and another when mapped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sis_pipeline.columns import (
+    DELETE,
+    EMAIL,
+    EMAIL_OPT_OUT,
+    FIRST_NAME,
+    GRADUATION,
+    LAST_NAME,
+    USER_ID,
+    USER_LOGIN,
+    USER_TYPE,
+    normalise_value,
+)
+from sis_pipeline.registry import PEOPLE_AUDIENCE_GROUP, ClientConfig
+from sis_pipeline.sisfile.parse import STRING_DTYPE
+from sis_pipeline.sisfile.result import (
+    MEMBERSHIP_COLUMNS,
+    SUBSCRIBER_COLUMNS,
+    FileWarning,
+    MappedFile,
+    ValidatedFile,
+)
+
+# A practical address check, not RFC 5322: a dot-atom local part, `@`, and a domain of DNS labels ending in
+# an alphabetic top-level label. Quoted local parts, IP-literal domains and non-ASCII addresses are refused:
+# SIS exports do not contain them, and an SSO login never matches them.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_PATTERN = rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}"
+EMAIL_MAX_LENGTH = 254
+
+#: Flag values meaning yes (§4), compared trimmed and lower-cased; anything else means no.
+YES_VALUES = ("1", "yes", "true")
+#: Separator of several values in one cell (extra fields; a user_type cell may hold only one).
+VALUE_SEPARATOR = ";"
+#: At least two non-blank values separated by `;`.
+_MULTIPLE_VALUES = r"(?s)[^;\s].*;.*[^;\s]"
+#: How many distinct offending values a warning list names before summarising the rest.
+MAX_WARNED_VALUES = 50
+
+_ISO_DATE = (
+    r"^(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}:?\d{2})?)?$"
+)
+_US_DATE = r"^(\d{1,2})/(\d{1,2})/(\d{4})(?:[T ]+\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:\s*[AaPp][Mm])?)?$"
+#: Months after the 31 August cutoff belong to the next class year.
+_CUTOFF_MONTH = 8
+
+
+def arrow_strings(values: pd.Series | pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column as an Arrow large_string chunked array (zero-copy for pyarrow-backed pandas strings)."""
+    if isinstance(values, pd.Series):
+        array = values.array
+        values = (
+            array.__arrow_array__()
+            if hasattr(array, "__arrow_array__")
+            else pa.array(values.to_numpy(dtype=object), type=pa.large_string(), from_pandas=True)
+        )
+    if isinstance(values, pa.Array):
+        values = pa.chunked_array([values])
+    return values if values.type == pa.large_string() else values.cast(pa.large_string())
+
+
+def string_series(values: pa.Array | pa.ChunkedArray, index: pd.Index | None = None) -> pd.Series:
+    """An Arrow string column as a pyarrow-backed pandas string Series, without copying."""
+    values = arrow_strings(values)
+    return pd.Series(pd.arrays.ArrowStringArray(values), index=index, copy=False)
+
+
+def _mask(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _lit(text: str) -> pa.Scalar:
+    return pa.scalar(text, pa.large_string())
+
+
+def _null_if_blank(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.if_else(pc.equal(values, _lit("")), pa.scalar(None, pa.large_string()), values)
+
+
+def is_email(values: pd.Series | pa.ChunkedArray) -> np.ndarray:
+    """True where the value is a syntactically valid address (Arrow's RE2 regex, vectorised)."""
+    values = arrow_strings(values)
+    ok = pc.and_(
+        pc.match_substring_regex(values, f"^{EMAIL_PATTERN}$"),
+        pc.less_equal(pc.utf8_length(values), EMAIL_MAX_LENGTH),
+    )
+    return _mask(ok)
+
+
+def normalise_email(values: pd.Series | pa.ChunkedArray) -> pa.ChunkedArray:
+    """Trimmed, domain (after the last `@`) lower-cased, local part as given (§4); no `@` -> as given."""
+    values = pc.utf8_trim_whitespace(arrow_strings(values))
+    has_at = pc.fill_null(pc.match_substring(values, "@"), False)
+    # give every value an `@` so each split has two parts; values without one are restored below
+    safe = pc.if_else(has_at, values, pc.binary_join_element_wise(values, _lit(""), _lit("@")))
+    parts = pc.split_pattern(safe, "@", max_splits=1, reverse=True)
+    joined = pc.binary_join_element_wise(
+        pc.list_element(parts, 0), pc.utf8_lower(pc.list_element(parts, 1)), _lit("@")
+    )
+    return pc.if_else(has_at, joined, values)
+
+
+def identity_key(values: pd.Series | pa.ChunkedArray, column: str, client_id: str) -> pa.ChunkedArray:
+    """The stored identity of each value: a lower-cased email, or a login prefixed with the client id.
+
+    `email` -> lower-cased. `user_id`/`user_login` -> `<client id>_<value>` unless the value is in email
+    format, which is kept as it is (§4). Blank values give null.
+    """
+    values = _null_if_blank(pc.utf8_trim_whitespace(arrow_strings(values)))
+    if column == EMAIL:
+        return pc.utf8_lower(values)
+    prefixed = pc.binary_join_element_wise(_lit(f"{client_id}_"), values, _lit(""))
+    return pc.if_else(pa.chunked_array([pa.array(is_email(values))]), values, prefixed)
+
+
+def duplicated(values: pd.Series | pa.ChunkedArray) -> np.ndarray:
+    """True for every non-null value that occurs more than once (all copies), by sorting: Arrow sorts
+    strings several times faster than it hashes them."""
+    values = arrow_strings(values)
+    n = len(values)
+    result = np.zeros(n, dtype=bool)
+    if n < 2:
+        return result
+    order = pc.sort_indices(values)
+    ordered = values.take(order)
+    same = _mask(pc.equal(ordered[1:], ordered[:-1]))
+    in_group = np.zeros(n, dtype=bool)
+    in_group[1:] |= same
+    in_group[:-1] |= same
+    result[order.to_numpy()] = in_group
+    return result
+
+
+def flag(values: pd.Series | None, length: int) -> np.ndarray:
+    """`1`, `yes`, `true` in any case, trimmed, mean yes (§4); an absent column means no."""
+    if values is None:
+        return np.zeros(length, dtype=bool)
+    folded = pc.utf8_lower(pc.utf8_trim_whitespace(arrow_strings(values)))
+    return _mask(pc.is_in(folded, value_set=pa.array(YES_VALUES, pa.large_string())))
+
+
+def has_multiple_values(values: pd.Series | pa.ChunkedArray) -> np.ndarray:
+    """True where a cell holds two or more non-blank `;`-separated values."""
+    return _mask(pc.match_substring_regex(arrow_strings(values), _MULTIPLE_VALUES))
+
+
+def single_value(values: pd.Series | pa.ChunkedArray) -> pa.ChunkedArray:
+    """A one-value cell without stray separators or spaces (`Grad;` -> `Grad`); blank -> null."""
+    return _null_if_blank(pc.utf8_trim(arrow_strings(values), characters=" \t\r\n;"))
+
+
+def graduation_years(values: pd.Series | pa.ChunkedArray) -> tuple[pd.Series, np.ndarray]:
+    """Class years (nullable Int64) and a mask of non-blank values that are neither a year nor a date.
+
+    A 4-digit year is kept as is. A date (ISO `YYYY-MM-DD`, `M/D/YYYY`, either with a time) belongs to the
+    class of its year when on or before 31 August, else to the next year's class.
+    """
+    values = pc.fill_null(pc.utf8_trim_whitespace(arrow_strings(values)), _lit(""))
+    n = len(values)
+    years = np.zeros(n, dtype=np.int64)
+    known = _mask(pc.match_substring_regex(values, r"^\d{4}$"))
+    years[known] = pc.cast(values.filter(pa.chunked_array([pa.array(known)])), pa.int64()).to_numpy()
+    rest_idx = np.flatnonzero(~known & _mask(pc.not_equal(values, _lit(""))))
+    invalid = np.zeros(n, dtype=bool)
+    if len(rest_idx):
+        rest = string_series(values.take(pa.array(rest_idx)))
+        iso = rest.str.extract(_ISO_DATE)
+        us = rest.str.extract(_US_DATE)
+        year = iso[0].fillna(us[2]).astype("Int64")
+        month = iso[1].fillna(us[0]).astype("Int64")
+        day = iso[2].fillna(us[1]).astype("Int64")
+        parts = pd.DataFrame({"year": year.fillna(2000), "month": month.fillna(1), "day": day.fillna(1)})
+        real = pd.to_datetime(parts.astype("int64"), errors="coerce").notna().to_numpy() & year.notna().to_numpy()
+        class_year = (year + (month > _CUTOFF_MONTH).astype("Int64")).to_numpy(dtype=np.int64, na_value=0)
+        years[rest_idx[real]] = class_year[real]
+        known[rest_idx[real]] = True
+        invalid[rest_idx[~real]] = True
+    return pd.Series(pd.arrays.IntegerArray(years, ~known)), invalid
+
+
+def explode_values(values: pd.Series | pa.ChunkedArray) -> tuple[np.ndarray, pa.ChunkedArray]:
+    """Each non-blank `;`-separated value with its row: (row positions, trimmed values)."""
+    parts = pc.split_pattern(pc.fill_null(arrow_strings(values), _lit("")), VALUE_SEPARATOR)
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(parts))
+    rows = pc.list_parent_indices(parts)
+    keep = pc.not_equal(flat, _lit(""))
+    return rows.filter(keep).to_numpy().astype(np.int64), flat.filter(keep)
+
+
+def lookup_values(found: pa.ChunkedArray, mapping: dict[str, str]) -> tuple[pa.Array, pa.Array]:
+    """Communities of file values via a folded mapping (trimmed, case-insensitive); unmapped -> null.
+
+    Returns the communities and, per value, an index into the distinct communities (for cheap dedup).
+    """
+    found = arrow_strings(found)
+    uniques = [u for u in pc.unique(found).to_pylist() if u is not None]
+    # fold each distinct value once (a handful per file), not each row
+    mapped = {u: mapping.get(normalise_value(u)) for u in uniques}
+    keys = [u for u, community in mapped.items() if community is not None]
+    communities = sorted({mapped[u] for u in keys})
+    code_of = {c: i for i, c in enumerate(communities)}
+    position = pc.index_in(found, value_set=pa.array(keys, pa.large_string()))
+    codes = pa.array([code_of[mapped[u]] for u in keys], pa.int64()).take(position)
+    return pa.array(communities, pa.large_string()).take(codes), codes
+
+
+# --- warnings --------------------------------------------------------------------------------------------
+
+
+def _value_warnings(code: str, column: str, values: pa.ChunkedArray, describe) -> list[FileWarning]:
+    counts = sorted(
+        ((item["values"].as_py(), item["counts"].as_py()) for item in pc.value_counts(values)),
+        key=lambda pair: (-pair[1], str(pair[0])),
+    )
+    warnings = [
+        FileWarning(code=code, message=describe(value, count), column_name=column, value=str(value), count=count)
+        for value, count in counts[:MAX_WARNED_VALUES]
+    ]
+    if len(counts) > MAX_WARNED_VALUES:
+        rest = sum(count for _, count in counts[MAX_WARNED_VALUES:])
+        warnings.append(
+            FileWarning(
+                code=code,
+                message=f"column {column!r}: {len(counts) - MAX_WARNED_VALUES} more distinct values "
+                f"({rest} rows) not listed",
+                column_name=column,
+                count=rest,
+            )
+        )
+    return warnings
+
+
+def value_warnings(valid: pd.DataFrame, client: ClientConfig) -> tuple[list[FileWarning], np.ndarray]:
+    """Warnings (with counts per value) for values dropped from imported rows, and which rows had one.
+
+    Bad graduation values always warn. Unmapped `user_type` values warn only for a client that maps user
+    types (without mappings the type is stored but feeds no community); a mapped extra column warns for each
+    value it does not map.
+    """
+    warned = np.zeros(len(valid), dtype=bool)
+    warnings: list[FileWarning] = []
+    if GRADUATION in valid:
+        _, invalid = graduation_years(valid[GRADUATION])
+        if invalid.any():
+            warned |= invalid
+            warnings += _value_warnings(
+                "graduation_invalid",
+                GRADUATION,
+                arrow_strings(valid[GRADUATION]).filter(pa.array(invalid)),
+                lambda v, n: f"graduation value {v!r} is neither a 4-digit year nor a date ({n} rows); "
+                "imported without a class year",
+            )
+    if USER_TYPE in valid and client.user_types:
+        types = single_value(valid[USER_TYPE])
+        communities, _ = lookup_values(types, client.user_types)
+        unmapped = _mask(pc.and_(pc.is_valid(types), pc.is_null(communities)))
+        if unmapped.any():
+            warned |= unmapped
+            warnings += _value_warnings(
+                "user_type_unmapped",
+                USER_TYPE,
+                types.filter(pa.array(unmapped)),
+                lambda v, n: f"user_type {v!r} is not mapped to a community ({n} rows); imported without one",
+            )
+    for column, config in client.extra_fields.items():
+        if column not in valid:
+            continue
+        rows, values = explode_values(valid[column])
+        communities, _ = lookup_values(values, config.values)
+        unmapped = _mask(pc.is_null(communities))
+        if unmapped.any():
+            warned[rows[unmapped]] = True
+            pairs = pd.DataFrame({"row": rows[unmapped], "value": values.filter(pa.array(unmapped)).to_pylist()})
+            per_row = pairs.drop_duplicates()["value"]
+            warnings += _value_warnings(
+                "extra_value_unmapped",
+                column,
+                pa.chunked_array([pa.array(per_row.to_list(), pa.large_string())]),
+                lambda v, n, c=column, g=config.group: f"column {c!r}: value {v!r} is not mapped to a "
+                f"community of {g!r} ({n} rows); dropped",
+            )
+    return warnings, warned
+
+
+# --- mapping ---------------------------------------------------------------------------------------------
+
+
+def login_source(columns, client: ClientConfig) -> str | None:
+    """The column that fills `user_login`: the identifier when it is user_id/user_login; otherwise the
+    file's `user_login` column, else its `user_id` column, else none."""
+    if client.identifier in (USER_ID, USER_LOGIN):
+        return client.identifier
+    for column in (USER_LOGIN, USER_ID):
+        if column in columns:
+            return column
+    return None
+
+
+def map_file(validated: ValidatedFile, client: ClientConfig) -> MappedFile:
+    """Subscribers (one row per subscriber_key) and memberships of a validated file (§4).
+
+    An ignored file maps to empty frames; its protected keys are carried over unchanged.
+    """
+    valid = validated.valid.reset_index(drop=True)
+    n = len(valid)
+    nulls = pa.chunked_array([pa.nulls(n, pa.large_string())])
+
+    def column(name: str | None) -> pa.ChunkedArray:
+        return arrow_strings(valid[name]) if name in valid else nulls
+
+    keys = identity_key(column(client.identifier), client.identifier, client.id)
+    login_column = login_source(valid.columns, client)
+    user_types = single_value(column(USER_TYPE))
+    years = (
+        graduation_years(valid[GRADUATION])[0]
+        if GRADUATION in valid
+        else pd.Series(pd.array([pd.NA] * n, dtype="Int64"))
+    )
+    subscribers = pd.DataFrame(
+        {
+            "subscriber_key": string_series(keys),
+            "email": string_series(normalise_email(column(EMAIL))),
+            "first_name": string_series(_null_if_blank(column(FIRST_NAME))),
+            "last_name": string_series(_null_if_blank(column(LAST_NAME))),
+            "user_login": string_series(identity_key(column(login_column), login_column or USER_LOGIN, client.id)),
+            "graduation_year": years,
+            "user_type": string_series(user_types),
+            "email_opt_out": flag(valid.get(EMAIL_OPT_OUT), n),
+            "delete": flag(valid.get(DELETE), n),
+            "line_number": valid["line_number"].to_numpy(dtype=np.int64)
+            if "line_number" in valid
+            else np.zeros(0, dtype=np.int64),
+        },
+        columns=list(SUBSCRIBER_COLUMNS),
+    )
+    parts: list[tuple[str, np.ndarray, pa.ChunkedArray, pa.ChunkedArray]] = []
+    if client.user_types and n:
+        communities, codes = lookup_values(user_types, client.user_types)
+        parts.append((PEOPLE_AUDIENCE_GROUP, np.arange(n), communities, codes))
+    for name, config in client.extra_fields.items():
+        if name in valid:
+            rows, values = explode_values(valid[name])
+            communities, codes = lookup_values(values, config.values)
+            parts.append((config.group, rows, communities, codes))
+    frames = [_memberships(keys, group, rows, communities, codes) for group, rows, communities, codes in parts]
+    memberships = pd.concat(
+        [f for f in frames if len(f)] or [_memberships(keys, "", np.zeros(0, np.int64), nulls[:0], nulls[:0])],
+        ignore_index=True,
+    )
+    return MappedFile(
+        client_id=client.id,
+        subscribers=subscribers,
+        memberships=memberships,
+        protected_keys=validated.protected_keys,  # already every key of the file, valid or rejected
+    )
+
+
+def _memberships(keys, group: str, rows: np.ndarray, communities, codes) -> pd.DataFrame:
+    """One (subscriber_key, community_group, community) per row and mapped value, each pair once."""
+    mapped = _mask(pc.is_valid(codes)) if len(rows) else np.zeros(0, dtype=bool)
+    rows, communities = rows[mapped], pc.filter(communities, pa.array(mapped)) if len(mapped) else communities
+    codes = pc.filter(codes, pa.array(mapped)).to_numpy() if len(mapped) else np.zeros(0, np.int64)
+    # one row per (row, community): several values of a cell may map to the same community
+    combined = rows.astype(np.int64) * (int(codes.max()) + 1 if len(codes) else 1) + codes
+    _, first = np.unique(combined, return_index=True)
+    first.sort()
+    return pd.DataFrame(
+        {
+            "subscriber_key": string_series(pc.take(keys, pa.array(rows[first]))),
+            "community_group": string_series(pa.repeat(pa.scalar(group, pa.large_string()), len(first))),
+            "community": string_series(pc.take(communities, pa.array(first))),
+        },
+        columns=list(MEMBERSHIP_COLUMNS),
+    )

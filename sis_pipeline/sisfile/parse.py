@@ -1,0 +1,407 @@
+"""Bytes -> frame (PRODUCT.md §3, file level): decoding, RFC 4180, header normalisation, field counts.
+
+The common case is read by pyarrow's CSV reader with every column as a string. Record boundaries and
+physical line numbers come from numpy over the raw bytes: a line break is a record end exactly when the
+number of `"` before it is even (RFC 4180 quotes come in pairs, `""` included). That shortcut is only
+sound when every quote sits where RFC 4180 puts it, which is checked first, vectorised; a file with stray
+quotes (`O"Brien` in an unquoted field) is read by Python's `csv` module instead, which reads such quotes
+the same lenient way pyarrow does, only slower. Nothing here depends on a client.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from sis_pipeline.columns import normalise_header
+from sis_pipeline.sisfile.result import FileProblem, FileWarning
+
+#: pandas dtype of every text column: pyarrow-backed, so string operations run in Arrow's kernels.
+STRING_DTYPE = pd.StringDtype("pyarrow")
+
+#: Problem codes of a file that cannot be read at all.
+NOT_DECODABLE = "not_decodable"
+NO_HEADER = "no_header"
+NO_DATA = "no_data"
+DUPLICATE_COLUMN = "duplicate_column"
+UNREADABLE_QUOTING = "unreadable_quoting"
+
+#: Internal name prefix of columns whose header cell is blank (ignored with a warning).
+UNNAMED_PREFIX = "__unnamed_"
+
+_QUOTE, _COMMA, _LF, _CR = 34, 44, 10, 13
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# A character no roster contains, used to detect a quoted field still open at the end of the file.
+_SENTINEL = "\ue000"
+
+
+@dataclass
+class ParsedFile:
+    """A file read into strings. When `problem` is set the file is ignored and the frames are empty."""
+
+    source: str
+    encoding: str  # utf-8, utf-8-sig (with BOM) or windows-1252
+    raw_header: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)  # normalised names, file order; blanks -> __unnamed_<i>
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)  # named columns, trimmed, + line_number
+    bad_rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # line_number, field_count, fields (list)
+    rows_total: int = 0  # data records (blank lines are not records)
+    warnings: list[FileWarning] = field(default_factory=list)
+    problem: FileProblem | None = None
+
+    @property
+    def ignored(self) -> bool:
+        return self.problem is not None
+
+
+def parse_csv(data: bytes, source: str) -> ParsedFile:
+    """Read one roster file. Never raises for bad input: an unreadable file comes back with `problem` set."""
+    decoded = _decode(data, source)
+    if isinstance(decoded, FileProblem):
+        return _ignored(source, "unknown", decoded)
+    body, encoding, warnings = decoded
+    records = _fast_records(body, source)
+    if isinstance(records, FileProblem):
+        return _ignored(source, encoding, records, warnings)
+    if records is None:
+        return _slow_parse(body, source, encoding, warnings)
+    starts, ends, lines = records
+    if len(starts) == 0:
+        return _ignored(source, encoding, _no_header(source), warnings)
+    raw_header = _split_record(body[starts[0] : ends[0]])
+    header = _header(raw_header, source)
+    if isinstance(header, FileProblem):
+        return _ignored(source, encoding, header, warnings)
+    columns, header_warnings = header
+    data_starts, data_ends, data_lines = starts[1:], ends[1:], lines[1:]
+    if len(data_starts) == 0:
+        return _ignored(source, encoding, _no_data(source), warnings)
+    table, invalid_rows = _read_arrow(body, int(data_starts[0]), len(columns))
+    if table is None:
+        return _slow_parse(body, source, encoding, warnings)
+    if invalid_rows:
+        counts = _field_counts(body, data_starts, data_ends)
+        good = counts == len(columns)
+    else:
+        counts = np.full(len(data_starts), len(columns))
+        good = np.ones(len(data_starts), dtype=bool)
+    if table.num_rows != int(good.sum()):  # the two readers disagree: trust the careful one
+        return _slow_parse(body, source, encoding, warnings)
+    bad_idx = np.flatnonzero(~good)
+    bad_rows = _bad_rows_frame(
+        data_lines[bad_idx],
+        counts[bad_idx],
+        [_split_record(body[data_starts[i] : data_ends[i]]) for i in bad_idx],
+    )
+    frame = _arrow_to_frame(table, columns, data_lines[good])
+    return ParsedFile(
+        source=source,
+        encoding=encoding,
+        raw_header=raw_header,
+        columns=columns,
+        frame=frame,
+        bad_rows=bad_rows,
+        rows_total=len(data_starts),
+        warnings=warnings + header_warnings,
+    )
+
+
+# --- decoding -------------------------------------------------------------------------------------------
+
+
+def _decode(data: bytes, source: str) -> tuple[bytes, str, list[FileWarning]] | FileProblem:
+    """UTF-8 bytes without BOM, the encoding read, and warnings; or why the bytes are not text we accept."""
+    if data.startswith(_UTF16_BOMS):
+        return _not_decodable(source, 0, "it starts with a UTF-16 byte order mark; save it as UTF-8")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        return _not_decodable(source, nul, "it contains a NUL byte (UTF-16 or binary?); save it as UTF-8")
+    if data.startswith(_UTF8_BOM):
+        data, encoding = data[len(_UTF8_BOM) :], "utf-8-sig"
+    else:
+        encoding = "utf-8"
+    try:
+        data.decode("utf-8")
+        return data, encoding, []
+    except UnicodeDecodeError as utf8_error:
+        utf8_offset = utf8_error.start + (len(_UTF8_BOM) if encoding == "utf-8-sig" else 0)
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (len(_UTF8_BOM) if encoding == "utf-8-sig" else 0)
+        return _not_decodable(
+            source, offset, f"byte 0x{data[exc.start]:02x} is neither UTF-8 nor Windows-1252; save it as UTF-8"
+        )
+    warning = FileWarning(
+        code="windows_1252",
+        message=f"{source}: not UTF-8 (first invalid byte at offset {utf8_offset}); read as Windows-1252. "
+        "Save the file as UTF-8 to be sure accented names are read as intended.",
+    )
+    return text.encode("utf-8"), "windows-1252", [warning]
+
+
+def _not_decodable(source: str, offset: int, why: str) -> FileProblem:
+    return FileProblem(
+        code=NOT_DECODABLE,
+        message=f"{source}: not readable as text at byte offset {offset}: {why}",
+        byte_offset=offset,
+    )
+
+
+# --- record boundaries (vectorised) ---------------------------------------------------------------------
+
+
+def _fast_records(body: bytes, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | FileProblem | None:
+    """Start/end byte offsets and start line of each non-blank record, or a quoting problem.
+
+    None means the quotes are not all where RFC 4180 puts them; the caller reads the file the slow way.
+    """
+    arr = np.frombuffer(body, dtype=np.uint8)
+    n = len(arr)
+    quotes = np.flatnonzero(arr == _QUOTE)
+    if len(quotes):
+        opener_ok, closer_ok = _quotes_well_placed(arr, quotes)
+        if len(quotes) % 2:  # the last quote opens a field that never closes
+            if not (opener_ok[:-1].all() and closer_ok.all()) or not opener_ok[-1]:
+                return None
+        elif not (opener_ok.all() and closer_ok.all()):
+            return None
+    cr = np.flatnonzero(arr == _CR)
+    lf = np.flatnonzero(arr == _LF)
+    if len(cr):
+        lf = lf[(lf == 0) | (arr[np.maximum(lf - 1, 0)] != _CR)]  # the LF of a CRLF is part of the CR's break
+        breaks = np.sort(np.concatenate([cr, lf]))
+        crlf = (arr[breaks] == _CR) & (arr[np.minimum(breaks + 1, n - 1)] == _LF) & (breaks + 1 < n)
+        break_len = np.where(crlf, 2, 1)
+    else:
+        breaks = lf
+        break_len = np.ones(len(breaks), dtype=np.int64)
+    ends_record = np.searchsorted(quotes, breaks) % 2 == 0
+    end_idx = np.flatnonzero(ends_record)
+    if len(quotes) % 2:
+        record_start = int(breaks[end_idx[-1]]) + 1 if len(end_idx) else 0
+        first_quote = int(quotes[np.searchsorted(quotes, record_start)])
+        line = int(np.searchsorted(breaks, first_quote)) + 1
+        return FileProblem(
+            code=UNREADABLE_QUOTING,
+            message=f"{source}: line {line}: a quoted field opened here (byte offset {first_quote}) is never "
+            f"closed, so it would swallow the rest of the file (to line {len(breaks) + 1})",
+            line_number=line,
+            byte_offset=first_quote,
+        )
+    rec_ends = breaks[end_idx]
+    starts = np.concatenate([[0], breaks[end_idx] + break_len[end_idx]]).astype(np.int64)
+    ends = np.concatenate([rec_ends, [n]]).astype(np.int64)
+    lines = np.concatenate([[1], end_idx + 2]).astype(np.int64)
+    keep = ends > starts  # blank lines are not records (pyarrow skips them too)
+    return starts[keep], ends[keep], lines[keep]
+
+
+def _quotes_well_placed(arr: np.ndarray, quotes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which opening quotes start a field and which closing quotes end one (or are half of a `""`)."""
+    n = len(arr)
+    openers, closers = quotes[0::2], quotes[1::2]
+    before = arr[np.maximum(openers - 1, 0)]
+    opener_ok = (openers == 0) | (before == _COMMA) | (before == _LF) | (before == _CR)
+    # an opener right after a closer is the second half of an escaped quote `""`
+    opener_ok[1:] |= openers[1:] == closers[: len(openers) - 1] + 1
+    after = arr[np.minimum(closers + 1, n - 1)]
+    closer_ok = (closers == n - 1) | (after == _COMMA) | (after == _LF) | (after == _CR)
+    next_opener = openers[1 : len(closers) + 1]
+    closer_ok[: len(next_opener)] |= next_opener == closers[: len(next_opener)] + 1
+    return opener_ok, closer_ok
+
+
+def _field_counts(body: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Fields per record: 1 + the commas outside quotes between its start and end."""
+    arr = np.frombuffer(body, dtype=np.uint8)
+    quotes = np.flatnonzero(arr == _QUOTE)
+    commas = np.flatnonzero(arr == _COMMA)
+    commas = commas[np.searchsorted(quotes, commas) % 2 == 0]
+    return 1 + np.searchsorted(commas, ends) - np.searchsorted(commas, starts)
+
+
+# --- header ---------------------------------------------------------------------------------------------
+
+
+def _split_record(raw: bytes) -> list[str]:
+    """One record's fields (used for the header and for the rare row with the wrong field count)."""
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
+    return [value for row in rows for value in row] if len(rows) != 1 else rows[0]
+
+
+def _header(raw_header: list[str], source: str) -> tuple[list[str], list[FileWarning]] | FileProblem:
+    names = [normalise_header(h) for h in raw_header]
+    if not any(names):
+        return _no_header(source)
+    columns: list[str] = []
+    seen: dict[str, int] = {}
+    unnamed: list[int] = []
+    for position, name in enumerate(names, start=1):
+        if not name:
+            unnamed.append(position)
+            columns.append(f"{UNNAMED_PREFIX}{position}")
+            continue
+        if name in seen:
+            first = seen[name]
+            return FileProblem(
+                code=DUPLICATE_COLUMN,
+                message=f"{source}: line 1: columns {first} ({raw_header[first - 1].strip()!r}) and {position} "
+                f"({raw_header[position - 1].strip()!r}) are both {name!r} after normalisation",
+                line_number=1,
+                column_name=name,
+            )
+        seen[name] = position
+        columns.append(name)
+    warnings = []
+    if unnamed:
+        warnings.append(
+            FileWarning(
+                code="unnamed_column",
+                message=f"{source}: line 1: column(s) {', '.join(map(str, unnamed))} have a blank header and "
+                "are ignored",
+                count=len(unnamed),
+            )
+        )
+    return columns, warnings
+
+
+def _no_header(source: str) -> FileProblem:
+    return FileProblem(code=NO_HEADER, message=f"{source}: the file is empty: no header row", line_number=1)
+
+
+def _no_data(source: str) -> FileProblem:
+    return FileProblem(
+        code=NO_DATA,
+        message=f"{source}: a header row but no data record; an empty roster is never applied",
+        line_number=2,
+    )
+
+
+# --- reading values -------------------------------------------------------------------------------------
+
+
+def _read_arrow(body: bytes, data_start: int, n_columns: int) -> tuple[pa.Table | None, int]:
+    """Every data record with the header's field count, as strings; and how many records had another count."""
+    names = [f"c{i}" for i in range(n_columns)]
+    invalid = 0
+
+    def skip_invalid(_row) -> str:
+        nonlocal invalid
+        invalid += 1
+        return "skip"
+
+    try:
+        table = pa_csv.read_csv(
+            pa.py_buffer(memoryview(body)[data_start:]),
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=16 << 20),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip_invalid),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowException):
+        return None, invalid
+    return table, invalid
+
+
+def _arrow_to_frame(table: pa.Table, columns: list[str], lines: np.ndarray) -> pd.DataFrame:
+    """Named columns as trimmed pyarrow-backed strings, plus `line_number`."""
+    data: dict[str, pd.Series] = {}
+    for i, name in enumerate(columns):
+        if name.startswith(UNNAMED_PREFIX):
+            continue
+        column = table.column(i)
+        data[name] = pd.Series(pd.arrays.ArrowStringArray(pc.utf8_trim_whitespace(column)))
+    frame = pd.DataFrame(data)
+    frame["line_number"] = np.asarray(lines, dtype=np.int64)
+    return frame
+
+
+def _bad_rows_frame(lines, counts, fields: list[list[str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "line_number": np.asarray(lines, dtype=np.int64),
+            "field_count": np.asarray(counts, dtype=np.int64),
+            "fields": pd.Series(fields, dtype=object),
+        }
+    )
+
+
+def _ignored(source: str, encoding: str, problem: FileProblem, warnings=None) -> ParsedFile:
+    return ParsedFile(source=source, encoding=encoding, warnings=list(warnings or []), problem=problem)
+
+
+# --- the careful reader for files with stray quotes -----------------------------------------------------
+
+
+def _slow_parse(body: bytes, source: str, encoding: str, warnings: list[FileWarning]) -> ParsedFile:
+    """Python's csv module, one record at a time: only for files the vectorised path cannot delimit."""
+    lines = list(io.StringIO(body.decode("utf-8"), newline=""))
+    reader = csv.reader(iter(lines))
+    records: list[list[str]] = []
+    starts: list[int] = []
+    line_before = 0
+    try:
+        for row in reader:
+            if row:  # blank lines are not records
+                records.append(row)
+                starts.append(line_before + 1)
+            line_before = reader.line_num
+    except csv.Error as exc:
+        line = line_before + 1
+        problem = FileProblem(
+            code=UNREADABLE_QUOTING,
+            message=f"{source}: line {line}: the record cannot be read ({exc})",
+            line_number=line,
+        )
+        return _ignored(source, encoding, problem, warnings)
+    if records:
+        tail = "".join(lines[starts[-1] - 1 :]) + "\n" + _SENTINEL
+        if list(csv.reader(io.StringIO(tail, newline="")))[-1] != [_SENTINEL]:
+            problem = FileProblem(
+                code=UNREADABLE_QUOTING,
+                message=f"{source}: line {starts[-1]}: a quoted field in the record starting here is never "
+                f"closed, so it would swallow the rest of the file (to line {len(lines)})",
+                line_number=starts[-1],
+            )
+            return _ignored(source, encoding, problem, warnings)
+    if not records:
+        return _ignored(source, encoding, _no_header(source), warnings)
+    raw_header = records[0]
+    header = _header(raw_header, source)
+    if isinstance(header, FileProblem):
+        return _ignored(source, encoding, header, warnings)
+    columns, header_warnings = header
+    data, data_lines = records[1:], np.asarray(starts[1:], dtype=np.int64)
+    if not data:
+        return _ignored(source, encoding, _no_data(source), warnings)
+    counts = np.fromiter((len(row) for row in data), dtype=np.int64, count=len(data))
+    good = counts == len(columns)
+    good_rows = [row for row, ok in zip(data, good, strict=True) if ok]
+    table = pa.table(
+        [pa.array([row[i] for row in good_rows], type=pa.string()) for i in range(len(columns))],
+        names=[f"c{i}" for i in range(len(columns))],
+    )
+    bad_idx = np.flatnonzero(~good)
+    return ParsedFile(
+        source=source,
+        encoding=encoding,
+        raw_header=raw_header,
+        columns=columns,
+        frame=_arrow_to_frame(table, columns, data_lines[good]),
+        bad_rows=_bad_rows_frame(data_lines[bad_idx], counts[bad_idx], [data[i] for i in bad_idx]),
+        rows_total=len(data),
+        warnings=warnings + header_warnings,
+    )

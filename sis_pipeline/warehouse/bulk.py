@@ -1,0 +1,334 @@
+"""Dialect-specific bulk reads and writes inside one SQLAlchemy transaction (no row-by-row ORM).
+
+PostgreSQL: frames travel as CSV through COPY (psycopg 3) into ON COMMIT DROP temporary tables and are merged
+with one set-based statement each. SQLite: `executemany` on the raw DBAPI connection of the same
+transaction. Both upserts carry a WHERE that skips rows whose stored values already match, so a row the file
+did not change is never rewritten, even if a caller hands it over.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from itertools import repeat
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import sqlalchemy as sa
+from psycopg import sql as pg_sql
+
+from sis_pipeline.sync_plan import CURRENT_COLUMNS, MEMBERSHIP_COLUMNS, PROFILE_COLUMNS
+
+_UPSERT_COLUMNS = ("subscriber_key", *PROFILE_COLUMNS, "status", "missing_count")
+_REJECTED_COLUMNS = ("line_number", "column_name", "reason_code", "message")
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "graduation_year": pa.int64(),
+    "email_opt_out": pa.bool_(),
+    "missing_count": pa.int64(),
+    "line_number": pa.int64(),
+    "sync_id": pa.int64(),
+}
+_PG_TYPES: dict[str, str] = {"graduation_year": "integer", "email_opt_out": "boolean", "missing_count": "integer"}
+
+
+def _values(series: pd.Series) -> list:
+    """Python values with None for missing, ready for a DBAPI driver."""
+    return series.astype(object).where(series.notna(), None).tolist()
+
+
+def _rows(frame: pd.DataFrame, columns: tuple[str, ...], *constants: object) -> list[tuple]:
+    """Tuples of the constants followed by `columns`, for executemany."""
+    return list(zip(*(repeat(c, len(frame)) for c in constants), *(_values(frame[c]) for c in columns), strict=False))
+
+
+def _profile_changed(target: str, source: str, distinct: str) -> str:
+    """SQL that is true when the incoming row would change the stored one (opt-out only ever turns on)."""
+    checks = [
+        f"{target}.{c} {distinct} {source}.{c}" for c in (*PROFILE_COLUMNS, "status", "missing_count") if c != "email_opt_out"
+    ]
+    checks.append(f"({source}.email_opt_out AND NOT {target}.email_opt_out)")
+    return " OR ".join(checks)
+
+
+def _upsert_set(target: str, source: str) -> str:
+    assignments = [f"{c} = {source}.{c}" for c in PROFILE_COLUMNS if c != "email_opt_out"]
+    assignments += [
+        # One-way: a user's own opt-out (or an earlier file's) is never cleared.
+        f"email_opt_out = ({target}.email_opt_out OR {source}.email_opt_out)",
+        f"status = {source}.status",
+        f"missing_count = {source}.missing_count",
+        f"status_changed_at = CASE WHEN {target}.status = {source}.status THEN {target}.status_changed_at "
+        f"ELSE {source}.status_changed_at END",
+        f"last_seen_at = {source}.last_seen_at",
+        f"last_sync_id = {source}.last_sync_id",
+    ]
+    return ", ".join(assignments)
+
+
+_SUBSCRIBER_INSERT_COLUMNS = (
+    "client_id",
+    "first_seen_at",
+    "last_seen_at",
+    "status_changed_at",
+    "last_sync_id",
+    *_UPSERT_COLUMNS,
+)
+
+
+class BulkWriter:
+    """Reads and writes one client's rows on a connection that is inside a transaction."""
+
+    def __init__(self, conn: sa.Connection):
+        self.conn = conn
+
+    # Reads ---------------------------------------------------------------------------------------------
+    def read_subscribers(self, client_id: str) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def read_memberships(self, client_id: str) -> pd.DataFrame:
+        raise NotImplementedError
+
+    # Writes --------------------------------------------------------------------------------------------
+    def upsert_subscribers(self, client_id: str, frame: pd.DataFrame, sync_id: int, now: datetime) -> None:
+        raise NotImplementedError
+
+    def update_absent(self, client_id: str, frame: pd.DataFrame, sync_id: int, now: datetime) -> None:
+        raise NotImplementedError
+
+    def remove_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def add_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def insert_rejected(self, client_id: str, sync_id: int, frame: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+
+def _frame_from_rows(rows: list[tuple], columns: tuple[str, ...]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame({c: pd.Series([], dtype="object") for c in columns})
+    return pd.DataFrame.from_records(rows, columns=list(columns))
+
+
+class SqliteBulkWriter(BulkWriter):
+    """executemany on the raw sqlite3 connection that SQLAlchemy's transaction already holds."""
+
+    @property
+    def _raw(self):
+        return self.conn.connection.dbapi_connection
+
+    @staticmethod
+    def _time(now: datetime) -> str:
+        # SQLAlchemy's storage format for DateTime on SQLite, so ORM/Core reads parse it back.
+        return now.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    def read_subscribers(self, client_id: str) -> pd.DataFrame:
+        cursor = self._raw.execute(
+            f"SELECT {', '.join(CURRENT_COLUMNS)} FROM subscribers WHERE client_id = ?", (client_id,)
+        )
+        return _frame_from_rows(cursor.fetchall(), CURRENT_COLUMNS)
+
+    def read_memberships(self, client_id: str) -> pd.DataFrame:
+        cursor = self._raw.execute(
+            f"SELECT {', '.join(MEMBERSHIP_COLUMNS)} FROM subscriber_communities WHERE client_id = ?", (client_id,)
+        )
+        return _frame_from_rows(cursor.fetchall(), MEMBERSHIP_COLUMNS)
+
+    def upsert_subscribers(self, client_id: str, frame: pd.DataFrame, sync_id: int, now: datetime) -> None:
+        if not len(frame):
+            return
+        names = ", ".join(_SUBSCRIBER_INSERT_COLUMNS)
+        marks = ", ".join("?" * len(_SUBSCRIBER_INSERT_COLUMNS))
+        sql = (
+            f"INSERT INTO subscribers ({names}) VALUES ({marks}) "
+            f"ON CONFLICT (client_id, subscriber_key) DO UPDATE SET {_upsert_set('subscribers', 'excluded')} "
+            f"WHERE {_profile_changed('subscribers', 'excluded', 'IS NOT')}"
+        )
+        stamp = self._time(now)
+        self._raw.executemany(sql, _rows(frame, _UPSERT_COLUMNS, client_id, stamp, stamp, stamp, sync_id))
+
+    def update_absent(self, client_id: str, frame: pd.DataFrame, sync_id: int, now: datetime) -> None:
+        if not len(frame):
+            return
+        sql = (
+            "UPDATE subscribers SET missing_count = ?, "
+            "status_changed_at = CASE WHEN status = ? THEN status_changed_at ELSE ? END, status = ?, "
+            "last_sync_id = ? WHERE client_id = ? AND subscriber_key = ?"
+        )
+        status = _values(frame["status"])
+        rows = zip(
+            _values(frame["missing_count"]),
+            status,
+            repeat(self._time(now)),
+            status,
+            repeat(sync_id),
+            repeat(client_id),
+            _values(frame["subscriber_key"]),
+            strict=False,
+        )
+        self._raw.executemany(sql, rows)
+
+    def remove_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        sql = (
+            "DELETE FROM subscriber_communities WHERE client_id = ? AND subscriber_key = ? "
+            "AND community_group = ? AND community = ?"
+        )
+        self._raw.executemany(sql, _rows(frame, MEMBERSHIP_COLUMNS, client_id))
+
+    def add_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        sql = (
+            "INSERT INTO subscriber_communities (client_id, subscriber_key, community_group, community) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        )
+        self._raw.executemany(sql, _rows(frame, MEMBERSHIP_COLUMNS, client_id))
+
+    def insert_rejected(self, client_id: str, sync_id: int, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        sql = (
+            "INSERT INTO sis_rejected_rows (sync_id, client_id, line_number, column_name, reason_code, message) "
+            "VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        self._raw.executemany(sql, _rows(frame, _REJECTED_COLUMNS, sync_id, client_id))
+
+
+class PostgresBulkWriter(BulkWriter):
+    """COPY (psycopg 3) into temporary tables, then one set-based merge per change."""
+
+    @property
+    def _raw(self):
+        return self.conn.connection.driver_connection
+
+    @staticmethod
+    def _csv(frame: pd.DataFrame, columns: tuple[str, ...]) -> bytes:
+        """CSV in COPY's dialect: strings always quoted, so an unquoted empty field is NULL."""
+        arrays = []
+        for name in columns:
+            values = frame[name]
+            arrow_type = _ARROW_TYPES.get(name, pa.string())
+            arrays.append(pa.array(values.astype(object).where(values.notna(), None), type=arrow_type))
+        table = pa.Table.from_arrays(arrays, names=list(columns))
+        sink = io.BytesIO()
+        pa_csv.write_csv(table, sink, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+        return sink.getvalue()
+
+    def _stage(self, name: str, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+        """A temporary table `name` holding `frame[columns]`, dropped at commit or rollback."""
+        definition = ", ".join(f"{c} {_PG_TYPES.get(c, 'text')}" for c in columns)
+        with self._raw.cursor() as cursor:
+            cursor.execute(f"CREATE TEMPORARY TABLE {name} ({definition}) ON COMMIT DROP")
+            with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN (FORMAT csv)") as copy:
+                copy.write(self._csv(frame, columns))
+
+    def _execute(self, sql: str, params: dict) -> None:
+        with self._raw.cursor() as cursor:
+            cursor.execute(sql, params)
+
+    def _copy_out(self, select: str, client_id: str, columns: tuple[str, ...], types: dict) -> pd.DataFrame:
+        buffer = io.BytesIO()
+        with self._raw.cursor() as cursor:
+            # COPY takes no bind parameters; the client id goes in as a properly quoted literal.
+            query = select.replace("%(client)s", pg_sql.Literal(client_id).as_string(self._raw))
+            with cursor.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)") as copy:
+                for chunk in copy:
+                    buffer.write(chunk)
+        if not buffer.tell():
+            return _frame_from_rows([], columns)
+        buffer.seek(0)
+        table = pa_csv.read_csv(
+            buffer,
+            read_options=pa_csv.ReadOptions(column_names=list(columns)),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={c: types.get(c, pa.string()) for c in columns},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                true_values=["t"],
+                false_values=["f"],
+            ),
+        )
+        return table.to_pandas(types_mapper={pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}.get)
+
+    def read_subscribers(self, client_id: str) -> pd.DataFrame:
+        select = f"SELECT {', '.join(CURRENT_COLUMNS)} FROM subscribers WHERE client_id = %(client)s"
+        return self._copy_out(select, client_id, CURRENT_COLUMNS, _ARROW_TYPES)
+
+    def read_memberships(self, client_id: str) -> pd.DataFrame:
+        select = (
+            f"SELECT {', '.join(MEMBERSHIP_COLUMNS)} FROM subscriber_communities WHERE client_id = %(client)s"
+        )
+        return self._copy_out(select, client_id, MEMBERSHIP_COLUMNS, {})
+
+    def upsert_subscribers(self, client_id: str, frame: pd.DataFrame, sync_id: int, now: datetime) -> None:
+        if not len(frame):
+            return
+        self._stage("sis_stage_subscribers", frame, _UPSERT_COLUMNS)
+        names = ", ".join(_SUBSCRIBER_INSERT_COLUMNS)
+        staged = ", ".join(f"s.{c}" for c in _UPSERT_COLUMNS)
+        sql = (
+            f"INSERT INTO subscribers AS t ({names}) "
+            f"SELECT %(client)s, %(now)s, %(now)s, %(now)s, %(sync)s, {staged} FROM sis_stage_subscribers s "
+            f"ON CONFLICT (client_id, subscriber_key) DO UPDATE SET {_upsert_set('t', 'excluded')} "
+            f"WHERE {_profile_changed('t', 'excluded', 'IS DISTINCT FROM')}"
+        )
+        self._execute(sql, {"client": client_id, "now": now, "sync": sync_id})
+
+    def update_absent(self, client_id: str, frame: pd.DataFrame, sync_id: int, now: datetime) -> None:
+        if not len(frame):
+            return
+        self._stage("sis_stage_absent", frame, ("subscriber_key", "missing_count", "status"))
+        sql = (
+            "UPDATE subscribers AS t SET missing_count = s.missing_count, "
+            "status_changed_at = CASE WHEN t.status = s.status THEN t.status_changed_at ELSE %(now)s END, "
+            "status = s.status, last_sync_id = %(sync)s "
+            "FROM sis_stage_absent s WHERE t.client_id = %(client)s AND t.subscriber_key = s.subscriber_key"
+        )
+        self._execute(sql, {"client": client_id, "now": now, "sync": sync_id})
+
+    def remove_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        self._stage("sis_stage_remove", frame, MEMBERSHIP_COLUMNS)
+        sql = (
+            "DELETE FROM subscriber_communities AS t USING sis_stage_remove s WHERE t.client_id = %(client)s "
+            "AND t.subscriber_key = s.subscriber_key AND t.community_group = s.community_group "
+            "AND t.community = s.community"
+        )
+        self._execute(sql, {"client": client_id})
+
+    def add_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        self._stage("sis_stage_add", frame, MEMBERSHIP_COLUMNS)
+        sql = (
+            "INSERT INTO subscriber_communities (client_id, subscriber_key, community_group, community) "
+            "SELECT %(client)s, subscriber_key, community_group, community FROM sis_stage_add "
+            "ON CONFLICT DO NOTHING"
+        )
+        self._execute(sql, {"client": client_id})
+
+    def insert_rejected(self, client_id: str, sync_id: int, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        data = frame.assign(sync_id=sync_id, client_id=client_id)
+        columns = ("sync_id", "client_id", *_REJECTED_COLUMNS)
+        with self._raw.cursor() as cursor, cursor.copy(
+            f"COPY sis_rejected_rows ({', '.join(columns)}) FROM STDIN (FORMAT csv)"
+        ) as copy:
+            copy.write(self._csv(data, columns))
+
+
+def writer_for(conn: sa.Connection) -> BulkWriter:
+    """The bulk writer for the connection's database."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        return SqliteBulkWriter(conn)
+    if name == "postgresql":
+        return PostgresBulkWriter(conn)
+    raise NotImplementedError(f"no bulk path for {name!r}; the warehouse supports SQLite and PostgreSQL")

@@ -1,0 +1,364 @@
+"""The warehouse: applies a sync plan in one locked transaction and keeps the sync log (PRODUCT.md §5–6)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+import sqlalchemy as sa
+
+from sis_pipeline.file_version import FileVersion
+from sis_pipeline.registry import ClientConfig
+from sis_pipeline.sisfile.result import REJECTED_COLUMNS, MappedFile, ValidatedFile
+from sis_pipeline.sync_plan import SyncPlan, build_sync_plan
+from sis_pipeline.warehouse import migrate
+from sis_pipeline.warehouse.bulk import writer_for
+from sis_pipeline.warehouse.engine import create_warehouse_engine, read_transaction, write_transaction
+from sis_pipeline.warehouse.tables import SYNC_STATUSES, sis_rejected_rows, sis_sync_log
+
+log = logging.getLogger(__name__)
+
+COUNT_NAMES = ("inserted", "updated", "unchanged_rows", "reactivated", "deprovisioned", "deleted", "missing")
+#: Statuses whose log row comes with the file's rejected rows (see docs/WAREHOUSE.md).
+STATUSES_WITH_REJECTED_ROWS = ("applied", "preview", "ignored")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _zero_counts() -> dict[str, int]:
+    return dict.fromkeys(COUNT_NAMES, 0)
+
+
+@dataclass
+class SyncOutcome:
+    """What one sync of one client did, as recorded in its sync log row."""
+
+    sync_id: int
+    client_id: str
+    status: str
+    counts: dict[str, int]
+    message: str
+    plan: SyncPlan | None = None
+
+
+class Warehouse:
+    """The subscriber warehouse at one SQLAlchemy URL (SQLite or PostgreSQL)."""
+
+    def __init__(self, url: str | None = None):
+        self.engine = create_warehouse_engine(url)
+        self.url = self.engine.url
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.dispose()
+
+    # Schema --------------------------------------------------------------------------------------------
+    def upgrade(self) -> None:
+        """Create or upgrade the tables with the packaged Alembic migrations (idempotent)."""
+        migrate.upgrade(self.engine)
+
+    # Reads ---------------------------------------------------------------------------------------------
+    def current_subscribers(self, client_id: str) -> pd.DataFrame:
+        """The client's stored subscribers (`sync_plan.CURRENT_COLUMNS`)."""
+        with read_transaction(self.engine) as conn:
+            return writer_for(conn).read_subscribers(client_id)
+
+    def current_memberships(self, client_id: str) -> pd.DataFrame:
+        """The client's stored community memberships."""
+        with read_transaction(self.engine) as conn:
+            return writer_for(conn).read_memberships(client_id)
+
+    def preview(
+        self,
+        mapped: MappedFile,
+        client: ClientConfig,
+        *,
+        override_guard: bool = False,
+        file: FileVersion | None = None,
+    ) -> SyncPlan:
+        """The plan `apply` would carry out now, read from one snapshot; writes nothing.
+
+        With `file`, a file equal to the last applied one does not count towards `missing_count` again.
+        """
+        _check_client(mapped, client)
+        with read_transaction(self.engine) as conn:
+            writer = writer_for(conn)
+            same_file = file is not None and _last_applied_sha256(conn, client.id) == file.sha256
+            return build_sync_plan(
+                mapped,
+                writer.read_subscribers(client.id),
+                client,
+                override_guard=override_guard,
+                current_memberships=writer.read_memberships(client.id),
+                count_missing=not same_file,
+            )
+
+    def sync_log(self, client_id: str | None = None, limit: int = 20) -> pd.DataFrame:
+        """The most recent sync log rows, newest first."""
+        query = sa.select(sis_sync_log).order_by(sis_sync_log.c.sync_id.desc()).limit(limit)
+        if client_id is not None:
+            query = query.where(sis_sync_log.c.client_id == client_id)
+        with read_transaction(self.engine) as conn:
+            result = conn.execute(query)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+
+    def rejected_rows(self, sync_id: int) -> pd.DataFrame:
+        """The rejected rows recorded with one sync, by line number."""
+        t = sis_rejected_rows
+        query = (
+            sa.select(t.c.line_number, t.c.column_name, t.c.reason_code, t.c.message)
+            .where(t.c.sync_id == sync_id)
+            .order_by(t.c.line_number, t.c.rejected_id)
+        )
+        with read_transaction(self.engine) as conn:
+            result = conn.execute(query)
+            return pd.DataFrame(result.fetchall(), columns=list(REJECTED_COLUMNS))
+
+    def last_applied_sha256(self, client_id: str) -> str | None:
+        """sha256 of the client's most recently applied file, or None."""
+        with read_transaction(self.engine) as conn:
+            return _last_applied_sha256(conn, client_id)
+
+    # Writes --------------------------------------------------------------------------------------------
+    def apply(
+        self,
+        *,
+        client: ClientConfig,
+        validated: ValidatedFile,
+        mapped: MappedFile,
+        file: FileVersion,
+        run_id: str | None,
+        force: bool = False,
+        override_guard: bool = False,
+    ) -> SyncOutcome:
+        """Apply the file to the client's rows in one transaction under the client's lock.
+
+        Under the lock: an unchanged file (same sha256 as the last applied one) only logs `unchanged` unless
+        `force`; a plan that trips the guard only logs `blocked` unless `override_guard`; otherwise every
+        change, the `applied` log row and the rejected rows commit together. On any error nothing is kept,
+        a `failed` row is logged in its own transaction and the error re-raises.
+        """
+        if validated.ignored:
+            return self.record(
+                client_id=client.id,
+                status="ignored",
+                file=file,
+                validated=validated,
+                run_id=run_id,
+                message=validated.problem.message if validated.problem else "file ignored",
+            )
+        _check_client(mapped, client)
+        started = _now()
+        try:
+            with write_transaction(self.engine, client.id) as conn:
+                return self._apply_locked(
+                    conn, client, validated, mapped, file, run_id, started, force=force, override_guard=override_guard
+                )
+        except Exception as exc:
+            self._record_failure(client.id, file, validated, run_id, started, exc, force, override_guard)
+            raise
+
+    def _apply_locked(
+        self,
+        conn: sa.Connection,
+        client: ClientConfig,
+        validated: ValidatedFile,
+        mapped: MappedFile,
+        file: FileVersion,
+        run_id: str | None,
+        started: datetime,
+        *,
+        force: bool,
+        override_guard: bool,
+    ) -> SyncOutcome:
+        common = dict(
+            client_id=client.id, file=file, validated=validated, run_id=run_id, started=started, forced=force
+        )
+        last_sha = _last_applied_sha256(conn, client.id)
+        same_file = last_sha == file.sha256
+        if same_file and not force:
+            message = "file unchanged since the last applied sync; nothing written"
+            sync_id = _insert_log(conn, status="unchanged", message=message, plan=None, **common)
+            log.info("client %s: sync %s unchanged", client.id, sync_id)
+            return SyncOutcome(sync_id, client.id, "unchanged", _zero_counts(), message)
+
+        writer = writer_for(conn)
+        plan = build_sync_plan(
+            mapped,
+            writer.read_subscribers(client.id),
+            client,
+            override_guard=override_guard,
+            current_memberships=writer.read_memberships(client.id),
+            # A forced re-apply of the same file changes nothing: it already counted towards missing_count.
+            count_missing=not same_file,
+        )
+        if plan.guard.blocked:
+            message = (
+                f"blocked by the mass-change guard: {plan.guard.reason}; nothing applied "
+                "(re-run with the guard override to apply)"
+            )
+            sync_id = _insert_log(conn, status="blocked", message=message, plan=plan, **common)
+            log.warning("client %s: sync %s blocked: %s", client.id, sync_id, plan.guard.reason)
+            return SyncOutcome(sync_id, client.id, "blocked", plan.counts(), message, plan)
+
+        message = plan.summary()
+        if plan.guard.overridden:
+            message = f"guard overridden ({plan.guard.reason}); {message}"
+        sync_id = _insert_log(
+            conn, status="applied", message=message, plan=plan, guard_overridden=plan.guard.overridden, **common
+        )
+        now = _now()
+        writer.upsert_subscribers(client.id, plan.upsert_frame(), sync_id, now)
+        writer.update_absent(client.id, plan.absent_frame(), sync_id, now)
+        writer.remove_memberships(client.id, plan.memberships_remove)
+        writer.add_memberships(client.id, plan.memberships_add)
+        writer.insert_rejected(client.id, sync_id, validated.rejected)
+        conn.execute(
+            sis_sync_log.update().where(sis_sync_log.c.sync_id == sync_id).values(finished_at=_now())
+        )
+        log.info("client %s: sync %s applied: %s", client.id, sync_id, message)
+        return SyncOutcome(sync_id, client.id, "applied", plan.counts(), message, plan)
+
+    def record(
+        self,
+        *,
+        client_id: str,
+        status: str,
+        file: FileVersion | None,
+        validated: ValidatedFile | None,
+        run_id: str | None,
+        message: str,
+        plan: SyncPlan | None = None,
+    ) -> SyncOutcome:
+        """Log a sync that wrote no subscribers (`preview`, `ignored`, `failed`, ...) in its own transaction.
+
+        Counts are the plan's (what would happen) when a plan is given. Rejected rows are stored with
+        `preview` and `ignored` rows.
+        """
+        if status not in SYNC_STATUSES:
+            raise ValueError(f"unknown sync status {status!r}; expected one of {', '.join(SYNC_STATUSES)}")
+        started = _now()
+        with write_transaction(self.engine, client_id) as conn:
+            sync_id = _insert_log(
+                conn,
+                client_id=client_id,
+                status=status,
+                file=file,
+                validated=validated,
+                run_id=run_id,
+                started=started,
+                message=message,
+                plan=plan,
+                guard_overridden=bool(plan and plan.guard.overridden),
+            )
+            if validated is not None and status in STATUSES_WITH_REJECTED_ROWS:
+                writer_for(conn).insert_rejected(client_id, sync_id, validated.rejected)
+        counts = plan.counts() if plan is not None else _zero_counts()
+        return SyncOutcome(sync_id, client_id, status, counts, message, plan)
+
+    def _record_failure(
+        self,
+        client_id: str,
+        file: FileVersion | None,
+        validated: ValidatedFile | None,
+        run_id: str | None,
+        started: datetime,
+        exc: BaseException,
+        forced: bool,
+        override_guard: bool,
+    ) -> None:
+        # Only the exception's type: database messages can quote row values (personal data).
+        cause = type(exc).__name__
+        if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+            cause += f" ({type(exc.orig).__name__})"
+        message = f"failed: {cause}; rolled back, nothing applied (details in the run's log)"
+        try:
+            with write_transaction(self.engine, client_id) as conn:
+                _insert_log(
+                    conn,
+                    client_id=client_id,
+                    status="failed",
+                    file=file,
+                    validated=validated,
+                    run_id=run_id,
+                    started=started,
+                    message=message,
+                    plan=None,
+                    forced=forced,
+                    guard_overridden=override_guard,
+                )
+        except Exception:
+            log.exception("client %s: could not record the failed sync", client_id)
+
+
+def _check_client(mapped: MappedFile, client: ClientConfig) -> None:
+    if mapped.client_id != client.id:
+        raise ValueError(f"mapped file is for client {mapped.client_id!r}, not {client.id!r}")
+
+
+def _last_applied_sha256(conn: sa.Connection, client_id: str) -> str | None:
+    t = sis_sync_log
+    query = (
+        sa.select(t.c.sha256)
+        .where(t.c.client_id == client_id, t.c.status == "applied")
+        .order_by(t.c.sync_id.desc())
+        .limit(1)
+    )
+    return conn.execute(query).scalar()
+
+
+def _insert_log(
+    conn: sa.Connection,
+    *,
+    client_id: str,
+    status: str,
+    file: FileVersion | None,
+    validated: ValidatedFile | None,
+    run_id: str | None,
+    started: datetime,
+    message: str,
+    plan: SyncPlan | None,
+    forced: bool = False,
+    guard_overridden: bool = False,
+) -> int:
+    """Insert one sync log row and return its sync_id."""
+    values: dict = dict(
+        client_id=client_id,
+        run_id=run_id,
+        status=status,
+        started_at=started,
+        finished_at=_now(),
+        message=message,
+        forced=forced,
+        guard_overridden=guard_overridden,
+    )
+    if file is not None:
+        values.update(
+            bucket=file.bucket,
+            key=file.key,
+            etag=file.etag,
+            version_id=file.version_id,
+            sha256=file.sha256,
+            size=file.size,
+        )
+    if validated is not None:
+        values.update(
+            rows_total=validated.rows_total,
+            rows_valid=validated.rows_valid,
+            rows_rejected=validated.rows_rejected,
+            rows_warned=validated.rows_warned,
+        )
+    if plan is not None:
+        values.update(plan.counts(), **plan.membership_counts(), active_before=plan.guard.active_before)
+    result = conn.execute(sis_sync_log.insert().values(**values))
+    return int(result.inserted_primary_key[0])
