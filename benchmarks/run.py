@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def run_case(spec: CaseSpec, database: str, base: BenchContext) -> CaseResult:
     except CaseUnavailable as exc:
         result.note = f"not available: {exc}"
         return result
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)  # nothing left over from an earlier run of the case
     server = _S3Server() if spec.needs_s3 else None
     try:
         if server:
@@ -185,7 +187,12 @@ def _judge(results: list[CaseResult]) -> None:
                 if r.database in pipeline
                 else (floors.get(r.database), "floor")
             )
-            r.met = f"{who} {r.seconds / ours:.0f}× faster" if ours else "n/a"
+            if not ours:
+                r.met = "n/a"
+            elif r.seconds >= ours:
+                r.met = f"{who} {r.seconds / ours:.1f}× faster"
+            else:
+                r.met = f"{who} {ours / r.seconds:.1f}× slower"
         else:
             ok = True
             if spec.target_ratio is not None:
@@ -222,7 +229,7 @@ def markdown_table(results: list[CaseResult]) -> str:
             + " |"
         )
     notes = [f"- {r.case} ({r.database}): {r.note}" for r in results if r.seconds is not None and r.note]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def _machine() -> dict:
@@ -284,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # the table must still print; the traceback says what broke
                 traceback.print_exc()
                 results.append(CaseResult(name, database, target=spec.target, note="failed in the runner"))
+            _judge(results)
+            (out / "results.md").write_text(markdown_table(results) + "\n")  # progress, for long runs
     _judge(results)
     table = markdown_table(results)
     machine = {"before": machine_before, "after": _machine()}

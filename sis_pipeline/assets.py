@@ -8,12 +8,12 @@ selected (e.g. only `subscribers_table` is materialised from the UI), the step r
 partition's last `raw_sis_file` materialisation from the archive, so it applies what was previewed.
 """
 
-
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dagster import (
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -35,7 +35,7 @@ from sis_pipeline import metadata as md
 from sis_pipeline.file_version import FileVersion
 from sis_pipeline.registry import ClientConfig
 from sis_pipeline.resources import ArchiveResource, RegistryResource, WarehouseResource
-from sis_pipeline.s3 import fetch_upload
+from sis_pipeline.s3 import UploadNotFound, fetch_upload
 from sis_pipeline.sisfile import map_file, validate_file
 from sis_pipeline.sisfile.result import ValidatedFile
 
@@ -60,7 +60,9 @@ CLIENT_TAG = "sis/client"
 class SisImportConfig(Config):
     """Run config for manual re-runs and backfills (PRODUCT.md §7)."""
 
-    force: bool = Field(default=False, description="Re-apply a file whose sha256 equals the last applied one.")
+    force: bool = Field(
+        default=False, description="Re-apply a file whose sha256 equals the last applied one."
+    )
     override_guard: bool = Field(default=False, description="Apply even when the mass-change guard trips.")
     version_id: str | None = Field(default=None, description="Replay this S3 object version of the upload.")
     dry_run: bool = Field(default=False, description="Preview only: compute everything, write nothing.")
@@ -239,6 +241,200 @@ def _expected_active(plan_counts: dict[str, int], active_before: int, deleted_ac
     )
 
 
+@dataclass
+class _Progress:
+    """How far a run got, so an unexpected error is logged `failed` exactly once, naming the stage."""
+
+    stage: str = "reading the upload"
+    logged: bool = False
+
+
+def _import(
+    context: AssetExecutionContext,
+    config: SisImportConfig,
+    client: ClientConfig,
+    store,
+    s3_client,
+    archive: ArchiveResource,
+    progress: _Progress,
+) -> Iterator[MaterializeResult]:
+    """The import of one client's file; yields a materialisation per selected asset (see module doc)."""
+    selected = context.selected_asset_keys
+    selected_checks = context.selected_asset_check_keys
+
+    def emit(key: AssetKey, metadata: dict, checks: list[AssetCheckResult] = ()) -> list[MaterializeResult]:
+        """A materialisation for `key` with its selected checks, or nothing when `key` is not selected."""
+        if key not in selected:
+            return []
+        chosen = [c for c in checks if AssetCheckKey(c.asset_key, c.check_name) in selected_checks]
+        return [MaterializeResult(asset_key=key, metadata=metadata, check_results=chosen)]
+
+    def stop(message: str, blocking_check: str, asset: AssetKey) -> None:
+        """Fail the run; a selected blocking check has already done so, so only fail when it was not."""
+        if AssetCheckKey(asset, blocking_check) not in selected_checks or asset not in selected:
+            raise Failure(message)
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    try:
+        file = _read_file(context, client, config, s3_client, archive.archive(s3_client))
+    except UploadNotFound as error:
+        progress.logged = True
+        outcome = store.record(
+            client_id=client.id,
+            status="failed",
+            file=None,
+            validated=None,
+            run_id=context.run_id,
+            message=str(error),
+        )
+        raise Failure(f"{error} (sync {outcome.sync_id})") from error
+    timings["read"] = time.perf_counter() - started
+    context.log.info(
+        f"client {client.id}: read {file.version.uri} version "
+        f"{file.version.version_id or file.version.etag} ({file.version.size} bytes)"
+    )
+    yield from emit(RAW_SIS_FILE, md.file_metadata(file.version, file.archived_at))
+
+    writes = SUBSCRIBERS_TABLE in selected and client.auto_sync_enabled and not config.dry_run
+    if SUBSCRIBERS_TABLE in selected and not writes:
+        why = "dry run" if config.dry_run else "auto_sync_enabled is false (first file under review)"
+        context.log.info(f"client {client.id}: preview only — {why}")
+
+    last_sha = store.last_applied_sha256(client.id)
+    if writes and not config.force and last_sha == file.version.sha256:
+        # The fast path: the same bytes as the last applied file change nothing (§6).
+        progress.logged = True
+        outcome = store.record(
+            client_id=client.id,
+            status="unchanged",
+            file=file.version,
+            validated=None,
+            run_id=context.run_id,
+            message="file identical to the last applied one (sha256); nothing to do",
+        )
+        context.log.info(f"client {client.id}: unchanged file, sync {outcome.sync_id}")
+        yield from emit(
+            SUBSCRIBERS_TABLE, {"status": "unchanged", "sync_id": MetadataValue.int(int(outcome.sync_id))}
+        )
+        return
+
+    t = time.perf_counter()
+    progress.stage = "validating the file"
+    validated = validate_file(file.data, client, source=file.version.uri)
+    timings["validate"] = time.perf_counter() - t
+    context.log.info(
+        f"client {client.id}: {validated.rows_total} rows read, {validated.rows_valid} valid, "
+        f"{validated.rows_rejected} rejected {validated.rejected_by_reason()}"
+    )
+    yield from emit(VALIDATED_SIS_FRAME, md.validation_metadata(validated), _file_checks(validated, config))
+    if validated.ignored:
+        progress.logged = True
+        outcome = store.record(
+            client_id=client.id,
+            status="ignored",
+            file=file.version,
+            validated=validated,
+            run_id=context.run_id,
+            message=validated.problem.message,
+        )
+        message = f"client {client.id}: file ignored (sync {outcome.sync_id}): {validated.problem.message}"
+        context.log.error(message)
+        stop(message, CHECK_FILE_ACCEPTED, VALIDATED_SIS_FRAME)
+        return  # the failed blocking check fails the step: nothing downstream runs
+
+    t = time.perf_counter()
+    progress.stage = "mapping subscribers"
+    mapped = map_file(validated, client)
+    timings["map"] = time.perf_counter() - t
+    yield from emit(MAPPED_SUBSCRIBERS, md.mapping_metadata(mapped, validated))
+
+    t = time.perf_counter()
+    progress.stage = "planning the sync"
+    plan = store.preview(mapped, client, override_guard=config.override_guard)
+    timings["plan"] = time.perf_counter() - t
+    counts = plan.counts()
+    guard = plan.guard
+    status = "preview" if not writes else ("blocked" if guard.blocked else "planned")
+    summary = md.summary_markdown(client.id, file.version, validated, counts, status, guard.reason)
+    guard_result = AssetCheckResult(
+        check_name=CHECK_GUARD,
+        asset_key=DEPROVISION_SET,
+        passed=not guard.blocked,
+        # A preview only reports what the guard would do; it must not fail the preview run.
+        severity=AssetCheckSeverity.ERROR if writes else AssetCheckSeverity.WARN,
+        metadata={
+            "verdict": guard.reason,
+            "deprovisions": MetadataValue.int(int(guard.deprovisions)),
+            "deletes": MetadataValue.int(int(guard.deletes)),
+            "active_before": MetadataValue.int(int(guard.active_before)),
+            "overridden": config.override_guard,
+        },
+    )
+    yield from emit(DEPROVISION_SET, md.plan_metadata(counts, guard, summary), [guard_result])
+
+    if not writes:
+        progress.logged = True
+        outcome = store.record(
+            client_id=client.id,
+            status="preview",
+            file=file.version,
+            validated=validated,
+            run_id=context.run_id,
+            message="preview: " + ("dry run" if config.dry_run else "nothing written"),
+            plan=plan,
+        )
+        context.log.info(f"client {client.id}: preview recorded as sync {outcome.sync_id}: {counts}")
+        return
+
+    t = time.perf_counter()
+    progress.logged = True  # apply logs its own failures
+    outcome = store.apply(
+        client=client,
+        validated=validated,
+        mapped=mapped,
+        file=file.version,
+        run_id=context.run_id,
+        force=config.force,
+        override_guard=config.override_guard,
+    )
+    timings["apply"] = time.perf_counter() - t
+    context.log.info(f"client {client.id}: sync {outcome.sync_id} {outcome.status}: {outcome.counts}")
+    if outcome.status == "blocked":
+        message = f"client {client.id}: blocked by the mass-change guard (sync {outcome.sync_id}): {outcome.message}"
+        context.log.error(message)
+        if not guard.blocked:
+            # The guard passed on the preview but tripped under the lock: the warehouse moved in between.
+            raise Failure(message)
+        stop(message, CHECK_GUARD, DEPROVISION_SET)
+        return
+    if outcome.status not in ("applied", "unchanged"):
+        raise Failure(f"client {client.id}: sync ended {outcome.status}: {outcome.message}")
+
+    applied_plan = outcome.plan or plan
+    deleted_active = int(getattr(applied_plan, "deleted_active", applied_plan.counts().get("deleted", 0)))
+    expected_active = (
+        _expected_active(applied_plan.counts(), applied_plan.guard.active_before, deleted_active)
+        if outcome.status == "applied"
+        else None
+    )
+    check = _warehouse_check(store, client.id, mapped, expected_active)
+    yield from emit(
+        SUBSCRIBERS_TABLE,
+        {
+            "status": outcome.status,
+            "sync_id": MetadataValue.int(int(outcome.sync_id)),
+            **{f"applied_{k}": MetadataValue.int(int(v)) for k, v in outcome.counts.items()},
+            "timings_s": MetadataValue.json({k: round(v, 3) for k, v in timings.items()}),
+            "summary": MetadataValue.md(
+                md.summary_markdown(client.id, file.version, validated, outcome.counts, outcome.status)
+            ),
+        },
+        [check],
+    )
+
+
 def build_import_assets(partitions_def: PartitionsDefinition):
     """The `sis_import` multi-asset over the given client partitions."""
 
@@ -259,153 +455,23 @@ def build_import_assets(partitions_def: PartitionsDefinition):
         archive: ArchiveResource,
     ) -> Iterator[MaterializeResult]:
         client = registry.load()[context.partition_key]
-        selected = context.selected_asset_keys
         store = warehouse.get()
-        s3_client = s3.get_client()
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-
-        file = _read_file(context, client, config, s3_client, archive.archive(s3_client))
-        timings["read"] = time.perf_counter() - started
-        context.log.info(
-            f"client {client.id}: read {file.version.uri} version "
-            f"{file.version.version_id or file.version.etag} ({file.version.size} bytes)"
-        )
-        if RAW_SIS_FILE in selected:
-            yield MaterializeResult(asset_key=RAW_SIS_FILE, metadata=md.file_metadata(file.version, file.archived_at))
-
-        writes = SUBSCRIBERS_TABLE in selected and client.auto_sync_enabled and not config.dry_run
-        if SUBSCRIBERS_TABLE in selected and not writes:
-            why = "dry run" if config.dry_run else "auto_sync_enabled is false (first file under review)"
-            context.log.info(f"client {client.id}: preview only — {why}")
-
-        last_sha = store.last_applied_sha256(client.id)
-        if writes and not config.force and last_sha == file.version.sha256:
-            # The fast path: the same bytes as the last applied file change nothing (§6).
-            outcome = store.record(
-                client_id=client.id,
-                status="unchanged",
-                file=file.version,
-                validated=None,
-                run_id=context.run_id,
-                message="file identical to the last applied one (sha256); nothing to do",
-            )
-            context.log.info(f"client {client.id}: unchanged file, sync {outcome.sync_id}")
-            yield MaterializeResult(
-                asset_key=SUBSCRIBERS_TABLE,
-                metadata={"status": "unchanged", "sync_id": MetadataValue.int(int(outcome.sync_id))},
-            )
-            return
-
-        t = time.perf_counter()
-        validated = validate_file(file.data, client, source=file.version.uri)
-        timings["validate"] = time.perf_counter() - t
-        context.log.info(
-            f"client {client.id}: {validated.rows_total} rows read, {validated.rows_valid} valid, "
-            f"{validated.rows_rejected} rejected {validated.rejected_by_reason()}"
-        )
-        yield MaterializeResult(
-            asset_key=VALIDATED_SIS_FRAME,
-            metadata=md.validation_metadata(validated),
-            check_results=_file_checks(validated, config),
-        )
-        if validated.ignored:
-            outcome = store.record(
-                client_id=client.id,
-                status="ignored",
-                file=file.version,
-                validated=validated,
-                run_id=context.run_id,
-                message=validated.problem.message,
-            )
-            context.log.error(f"client {client.id}: file ignored (sync {outcome.sync_id}): {validated.problem.message}")
-            return  # the failed blocking check fails the step: nothing downstream runs
-
-        t = time.perf_counter()
-        mapped = map_file(validated, client)
-        timings["map"] = time.perf_counter() - t
-        if MAPPED_SUBSCRIBERS in selected or DEPROVISION_SET in selected or SUBSCRIBERS_TABLE in selected:
-            yield MaterializeResult(asset_key=MAPPED_SUBSCRIBERS, metadata=md.mapping_metadata(mapped, validated))
-
-        t = time.perf_counter()
-        plan = store.preview(mapped, client, override_guard=config.override_guard)
-        timings["plan"] = time.perf_counter() - t
-        counts = plan.counts()
-        guard = plan.guard
-        status = "preview" if not writes else ("blocked" if guard.blocked else "planned")
-        summary = md.summary_markdown(client.id, file.version, validated, counts, status, guard.reason)
-        guard_result = AssetCheckResult(
-            check_name=CHECK_GUARD,
-            asset_key=DEPROVISION_SET,
-            passed=not guard.blocked,
-            # A preview only reports what the guard would do; it must not fail the preview run.
-            severity=AssetCheckSeverity.ERROR if writes else AssetCheckSeverity.WARN,
-            metadata={
-                "verdict": guard.reason,
-                "deprovisions": MetadataValue.int(int(guard.deprovisions)),
-                "deletes": MetadataValue.int(int(guard.deletes)),
-                "active_before": MetadataValue.int(int(guard.active_before)),
-                "overridden": config.override_guard,
-            },
-        )
-        yield MaterializeResult(
-            asset_key=DEPROVISION_SET,
-            metadata=md.plan_metadata(counts, guard, summary),
-            check_results=[guard_result],
-        )
-
-        if not writes:
-            outcome = store.record(
-                client_id=client.id,
-                status="preview",
-                file=file.version,
-                validated=validated,
-                run_id=context.run_id,
-                message="preview: " + ("dry run" if config.dry_run else "nothing written"),
-                plan=plan,
-            )
-            context.log.info(f"client {client.id}: preview recorded as sync {outcome.sync_id}: {counts}")
-            return
-
-        t = time.perf_counter()
-        outcome = store.apply(
-            client=client,
-            validated=validated,
-            mapped=mapped,
-            file=file.version,
-            run_id=context.run_id,
-            force=config.force,
-            override_guard=config.override_guard,
-        )
-        timings["apply"] = time.perf_counter() - t
-        context.log.info(f"client {client.id}: sync {outcome.sync_id} {outcome.status}: {outcome.counts}")
-        if outcome.status == "blocked":
-            # The guard passed on the preview but tripped under the lock: the warehouse moved in between.
-            raise Failure(f"client {client.id}: blocked by the mass-change guard: {outcome.message}")
-        if outcome.status not in ("applied", "unchanged"):
-            raise Failure(f"client {client.id}: sync ended {outcome.status}: {outcome.message}")
-
-        applied_plan = outcome.plan or plan
-        deleted_active = int(getattr(applied_plan, "deleted_active", applied_plan.counts().get("deleted", 0)))
-        expected_active = (
-            _expected_active(applied_plan.counts(), applied_plan.guard.active_before, deleted_active)
-            if outcome.status == "applied"
-            else None
-        )
-        check = _warehouse_check(store, client.id, mapped, expected_active)
-        yield MaterializeResult(
-            asset_key=SUBSCRIBERS_TABLE,
-            metadata={
-                "status": outcome.status,
-                "sync_id": MetadataValue.int(int(outcome.sync_id)),
-                **{f"applied_{k}": MetadataValue.int(int(v)) for k, v in outcome.counts.items()},
-                "timings_s": MetadataValue.json({k: round(v, 3) for k, v in timings.items()}),
-                "summary": MetadataValue.md(
-                    md.summary_markdown(client.id, file.version, validated, outcome.counts, outcome.status)
-                ),
-            },
-            check_results=[check],
-        )
+        progress = _Progress()
+        try:
+            yield from _import(context, config, client, store, s3.get_client(), archive, progress)
+        except Exception as error:
+            if not progress.logged:
+                # Only the type and stage: exception texts can quote file values (personal data).
+                outcome = store.record(
+                    client_id=client.id,
+                    status="failed",
+                    file=None,
+                    validated=None,
+                    run_id=context.run_id,
+                    message=f"failed while {progress.stage}: {type(error).__name__} (see the run's event log)",
+                )
+                context.log.error(f"client {client.id}: sync {outcome.sync_id} failed while {progress.stage}")
+            raise
 
     return sis_import
 

@@ -22,7 +22,9 @@ def s3_client(region: str | None = None) -> Any:
 
 
 def iam_client() -> Any:
-    return boto3.client("iam", endpoint_url=settings.iam_endpoint_url(), region_name="us-east-1", config=_RETRIES)
+    return boto3.client(
+        "iam", endpoint_url=settings.iam_endpoint_url(), region_name="us-east-1", config=_RETRIES
+    )
 
 
 def sqs_client(region: str | None = None) -> Any:

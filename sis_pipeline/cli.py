@@ -55,12 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
         "preview; 1 when any ended ignored, blocked or failed.",
     )
     who = sync.add_mutually_exclusive_group(required=True)
-    who.add_argument("--client", metavar="ID", action="append", dest="clients", help="a client id (repeatable)")
+    who.add_argument(
+        "--client", metavar="ID", action="append", dest="clients", help="a client id (repeatable)"
+    )
     who.add_argument("--all", action="store_true", help="every client in the registry")
     sync.add_argument("--force", action="store_true", help="re-apply a file that has not changed")
     sync.add_argument("--override-guard", action="store_true", help="apply past the mass-change guard")
     sync.add_argument("--dry-run", action="store_true", help="preview: everything but the warehouse write")
-    sync.add_argument("--version-id", metavar="VERSION", help="replay this S3 object version (one client only)")
+    sync.add_argument(
+        "--version-id", metavar="VERSION", help="replay this S3 object version (one client only)"
+    )
     sync.add_argument(
         "--workers", type=int, default=1, metavar="N", help="run up to N clients at once in worker processes"
     )

@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import os
 import random
 import shlex
 import shutil
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 from sis_pipeline.cli import EXIT_OK, EXIT_PROBLEM
@@ -63,34 +65,99 @@ clients:
     auto_sync_enabled: false   # first file under review: previewed, never applied
 """
 
-FIRST = ["Ana", "Bo", "Chloé", "Dmitri", "Eun-ji", "Farah", "Gustavo", "Hannah", "Ιωάννης", "Jun", "Kwame",
-         "Lena", "Mateo", "Nia", "Oluwaseun", "Priya", "Quinn", "Rosa", "Søren", "Thao", "Uma", "Viktor",
-         "Wen", "Ximena", "Yusuf", "Zoë"]
-LAST = ["Abara", "Brennan", "Castillo", "Dubois", "Eriksen", "Fitzgerald", "García", "Horvath", "Ito",
-        "Jovanović", "Kowalski", "López", "Müller", "Nguyen", "O'Neil", "Patel", "Quispe", "Rossi",
-        "Sato", "Tanaka", "Ulrich", "Van der Berg", "Wójcik", "Xu", "Yilmaz", "Zhang"]
+FIRST = [
+    "Ana",
+    "Bo",
+    "Chloé",
+    "Dmitri",
+    "Eun-ji",
+    "Farah",
+    "Gustavo",
+    "Hannah",
+    "Ιωάννης",
+    "Jun",
+    "Kwame",
+    "Lena",
+    "Mateo",
+    "Nia",
+    "Oluwaseun",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Søren",
+    "Thao",
+    "Uma",
+    "Viktor",
+    "Wen",
+    "Ximena",
+    "Yusuf",
+    "Zoë",
+]
+LAST = [
+    "Abara",
+    "Brennan",
+    "Castillo",
+    "Dubois",
+    "Eriksen",
+    "Fitzgerald",
+    "García",
+    "Horvath",
+    "Ito",
+    "Jovanović",
+    "Kowalski",
+    "López",
+    "Müller",
+    "Nguyen",
+    "O'Neil",
+    "Patel",
+    "Quispe",
+    "Rossi",
+    "Sato",
+    "Tanaka",
+    "Ulrich",
+    "Van der Berg",
+    "Wójcik",
+    "Xu",
+    "Yilmaz",
+    "Zhang",
+]
 
 
-def roster(school: str, size: int, seed: int, *, id_column: bool, drop: int = 0, add: int = 0,
-           bad_rows: bool = True) -> bytes:
+def _ascii(name: str) -> str:
+    """`Chloé` -> `chloe`: addresses are ASCII even when names are not."""
+    return unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower().replace(" ", "")
+
+
+def roster(
+    school: str, size: int, seed: int, *, id_column: bool, drop: int = 0, add: int = 0, bad_rows: bool = True
+) -> bytes:
     """A realistic roster CSV; `drop`/`add` make next week's file from the same seed."""
     rng = random.Random(seed)
     people = []
     for n in range(size + add):
         first, last = rng.choice(FIRST), rng.choice(LAST)
-        people.append({
-            "First Name": first,
-            "Last Name": last,
-            "Email Address": f"{first.lower()[:3]}.{n:05d}@{school}.example.edu".replace(" ", ""),
-            "Student ID": f"s{n:05d}",
-            "Study Level": rng.choice(["Student", "Student", "Student", "Alumni", "Undergraduate", "Graduate"]),
-            "Graduation": rng.choice(["2026", "2027", "2028", "6/15/2029", "2030-05-20"]),
-            "Program": ";".join(rng.sample(["STEM", "Arts", "Music", "Athletics", "Debate"], rng.randint(0, 2))),
-            "Opt Out": rng.choice(["", "", "", "", "yes"]),
-        })
+        people.append(
+            {
+                "First Name": first,
+                "Last Name": last,
+                "Email Address": f"{_ascii(first)[:3] or 'stu'}.{n:05d}@{school}.example.edu",
+                "Student ID": f"s{n:05d}",
+                "Study Level": rng.choice(
+                    ["Student", "Student", "Student", "Alumni", "Undergraduate", "Graduate"]
+                ),
+                "Graduation": rng.choice(["2026", "2027", "2028", "6/15/2029", "2030-05-20"]),
+                "Program": ";".join(
+                    rng.sample(["STEM", "Arts", "Music", "Athletics", "Debate"], rng.randint(0, 2))
+                ),
+                "Opt Out": rng.choice(["", "", "", "", "yes"]),
+            }
+        )
     people = people[drop : size + add]
-    columns = ["First Name", "Last Name", "Email Address"] + (["Student ID"] if id_column else []) + [
-        "Study Level", "Graduation", "Program", "Opt Out"]
+    columns = (
+        ["First Name", "Last Name", "Email Address"]
+        + (["Student ID"] if id_column else [])
+        + ["Study Level", "Graduation", "Program", "Opt Out"]
+    )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
@@ -110,6 +177,7 @@ def roster(school: str, size: int, seed: int, *, id_column: bool, drop: int = 0,
 def _start_s3(port: int):
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request in the demo output
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, real_port = server.get_host_and_port()
@@ -166,7 +234,9 @@ def _run(root: Path, endpoint: str, environment: dict[str, str], serve: bool) ->
         s3.create_bucket(Bucket=client.bucket)
         s3.put_bucket_versioning(Bucket=client.bucket, VersioningConfiguration={"Status": "Enabled"})
         version = _upload(s3, client.bucket, client.key, data)
-        print(f"uploaded s3://{client.bucket}/{client.key} for client {client_id} ({len(data)} bytes, {version})")
+        print(
+            f"uploaded s3://{client.bucket}/{client.key} for client {client_id} ({len(data)} bytes, {version})"
+        )
 
     print("\n== Week 1: first sync of every school ==")
     first = run_clients(list(registry))

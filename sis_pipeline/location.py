@@ -39,4 +39,3 @@ def build_definitions(registry: Registry, resources: Mapping[str, Any]) -> Defin
         ],
         resources=dict(resources),
     )
-

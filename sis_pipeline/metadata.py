@@ -50,7 +50,8 @@ def unmapped_values(validated: ValidatedFile) -> dict[str, int]:
 def first_rejected(validated: ValidatedFile, limit: int = FIRST_REJECTED_LINES) -> list[str]:
     rows = validated.rejected.sort_values("line_number").head(limit)
     return [
-        f"line {int(r.line_number)}: {r.reason_code}" + (f" ({r.column_name})" if r.column_name else "")
+        f"line {int(r.line_number)}: {r.reason_code}"
+        + (f" ({r.column_name})" if isinstance(r.column_name, str) else "")
         for r in rows.itertuples()
     ]
 
@@ -86,7 +87,9 @@ def mapping_metadata(mapped: MappedFile, validated: ValidatedFile) -> dict[str, 
 
 
 def plan_metadata(counts: dict[str, int], guard: Any, summary: str) -> dict[str, Any]:
-    meta: dict[str, Any] = {f"planned_{name}": MetadataValue.int(int(value)) for name, value in counts.items()}
+    meta: dict[str, Any] = {
+        f"planned_{name}": MetadataValue.int(int(value)) for name, value in counts.items()
+    }
     meta["guard_blocked"] = bool(guard.blocked)
     meta["guard"] = guard.reason
     meta["active_before"] = MetadataValue.int(int(guard.active_before))
@@ -104,7 +107,9 @@ def summary_markdown(
 ) -> str:
     """A link-free Markdown summary of one sync, for the UI and the command line."""
     lines = [f"**Client {client_id}** — `{status}`", ""]
-    lines.append(f"- file: `{version.uri}` version `{version.version_id or version.etag}`, {version.size} bytes")
+    lines.append(
+        f"- file: `{version.uri}` version `{version.version_id or version.etag}`, {version.size} bytes"
+    )
     if validated is not None:
         lines.append(
             f"- rows: {validated.rows_total} read, {validated.rows_valid} valid, "

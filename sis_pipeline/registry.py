@@ -137,7 +137,9 @@ class ClientConfig(_Strict):
 
     @field_validator("extra_fields")
     @classmethod
-    def _extra_fields_one_column_per_group(cls, fields: dict[str, ExtraFieldConfig]) -> dict[str, ExtraFieldConfig]:
+    def _extra_fields_one_column_per_group(
+        cls, fields: dict[str, ExtraFieldConfig]
+    ) -> dict[str, ExtraFieldConfig]:
         normalised: dict[str, ExtraFieldConfig] = {}
         group_owner: dict[str, str] = {}
         for column, config in fields.items():

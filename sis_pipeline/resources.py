@@ -65,7 +65,9 @@ class EventQueueResource(ConfigurableResource):
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("sqs", endpoint_url=self.endpoint_url or None, region_name=self.region_name)
+            self._client = boto3.client(
+                "sqs", endpoint_url=self.endpoint_url or None, region_name=self.region_name
+            )
         return self._client
 
 

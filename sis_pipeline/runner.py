@@ -61,7 +61,9 @@ class ClientRun:
     message: str
 
 
-def run_client(client_id: str, *, force: bool, override_guard: bool, dry_run: bool, version_id: str | None) -> ClientRun:
+def run_client(
+    client_id: str, *, force: bool, override_guard: bool, dry_run: bool, version_id: str | None
+) -> ClientRun:
     """Execute one client's import as a Dagster run in this process; return its sync-log outcome."""
     from dagster import DagsterInstance
 
@@ -79,7 +81,11 @@ def run_client(client_id: str, *, force: bool, override_guard: bool, dry_run: bo
         result = job.execute_in_process(
             instance=instance,
             partition_key=client_id,
-            run_config={"ops": {"sis_import": {"config": config}}},
+            run_config={
+                "ops": {"sis_import": {"config": config}},
+                # The console shows warnings and errors only; every event is still in the instance's log.
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            },
             tags={CLIENT_TAG: client_id, "sis/trigger": "cli"},
             raise_on_error=False,
         )
@@ -155,7 +161,10 @@ def _selected_clients(args: argparse.Namespace) -> list[str] | None:
         return list(registry)
     unknown = [c for c in args.clients if c not in registry]
     if unknown:
-        print(f"sis-pipeline sync: unknown client(s): {', '.join(unknown)} (see {registry.source})", file=sys.stderr)
+        print(
+            f"sis-pipeline sync: unknown client(s): {', '.join(unknown)} (see {registry.source})",
+            file=sys.stderr,
+        )
         return None
     return list(dict.fromkeys(args.clients))
 
@@ -165,7 +174,10 @@ def run_sync_command(args: argparse.Namespace) -> int:
     if clients is None:
         return EXIT_USAGE
     if args.version_id and len(clients) != 1:
-        print("sis-pipeline sync: --version-id replays one client's file; name exactly one --client", file=sys.stderr)
+        print(
+            "sis-pipeline sync: --version-id replays one client's file; name exactly one --client",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if not clients:
         print("sis-pipeline sync: the registry has no clients", file=sys.stderr)

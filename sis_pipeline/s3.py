@@ -182,7 +182,9 @@ class Archive:
     def get(self, client_id: str, sha256: str) -> bytes:
         if self._is_s3:
             try:
-                return self._s3.get_object(Bucket=self._bucket, Key=self._key(client_id, sha256))["Body"].read()
+                return self._s3.get_object(Bucket=self._bucket, Key=self._key(client_id, sha256))[
+                    "Body"
+                ].read()
             except ClientError as error:
                 if _is_absent(error):
                     raise UploadNotFound(f"client {client_id}: no archived file {sha256}") from error
@@ -293,7 +295,9 @@ def read_event_queue(
     with ThreadPoolExecutor(max_workers=readers) as pool:
         messages = [m for batch in pool.map(reader, range(readers)) for m in batch]
     uploads = [u for m in messages for u in parse_s3_event(m.get("Body", ""), clients_by_place)]
-    return QueuedEvents(uploads=uploads, receipts=[m["ReceiptHandle"] for m in messages], messages=len(messages))
+    return QueuedEvents(
+        uploads=uploads, receipts=[m["ReceiptHandle"] for m in messages], messages=len(messages)
+    )
 
 
 def delete_events(sqs: Any, queue_url: str, receipts: Sequence[str], workers: int = 8) -> None:

@@ -7,7 +7,6 @@ run key `<schedule>:<client>:<due time>` makes a re-evaluated tick start nothing
 `auto_sync_enabled: false` get a preview run; `manual` and `on_upload` clients are never scheduled.
 """
 
-
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 

@@ -11,7 +11,6 @@ an SQS queue that receives the buckets' S3 event notifications. In events mode t
 client once an hour, to catch notifications that were never delivered.
 """
 
-
 import json
 import time
 from collections.abc import Sequence
@@ -99,7 +98,10 @@ def build_upload_sensor(job: "JobDefinition | UnresolvedAssetJob"):
         "reads S3 event notifications from SQS when SIS_EVENTS_QUEUE_URL is set.",
     )
     def sis_upload_sensor(
-        context: SensorEvaluationContext, s3: S3Resource, registry: RegistryResource, events: EventQueueResource
+        context: SensorEvaluationContext,
+        s3: S3Resource,
+        registry: RegistryResource,
+        events: EventQueueResource,
     ):
         cursor = load_cursor(context.cursor)
         clients = dict(registry.load())
@@ -112,7 +114,9 @@ def build_upload_sensor(job: "JobDefinition | UnresolvedAssetJob"):
             queued = read_event_queue(events.client(), events.queue_url, clients.values())
             receipts = queued.receipts
             requests += plan_upload_runs(clients, queued.uploads, seen_tokens, "s3_event")
-            context.log.info(f"read {queued.messages} event messages, {len(queued.uploads)} uploads of known clients")
+            context.log.info(
+                f"read {queued.messages} event messages, {len(queued.uploads)} uploads of known clients"
+            )
         if not events.queue_url or now - cursor["last_full_poll"] >= RECONCILE_SECONDS:
             uploads = poll_uploads(s3.get_client(), list(clients.values()))
             requests += plan_upload_runs(clients, uploads, seen_tokens, "poll")

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from sis_pipeline.registry import ClientConfig
 from sis_pipeline.sisfile.result import MappedFile
@@ -29,7 +31,13 @@ _TEXT_COLUMNS = ("subscriber_key", "email", "first_name", "last_name", "user_log
 #: Columns of `current` (what `Warehouse.current_subscribers` returns).
 CURRENT_COLUMNS: tuple[str, ...] = ("subscriber_key", *PROFILE_COLUMNS, "status", "missing_count")
 #: Columns of every frame of rows a plan writes (inserts, updates, reactivations, deletes).
-WRITE_COLUMNS: tuple[str, ...] = ("subscriber_key", *PROFILE_COLUMNS, "status", "missing_count", "changed_fields")
+WRITE_COLUMNS: tuple[str, ...] = (
+    "subscriber_key",
+    *PROFILE_COLUMNS,
+    "status",
+    "missing_count",
+    "changed_fields",
+)
 #: Columns of `missing` and `deprovisions`: users absent from the file.
 ABSENT_COLUMNS: tuple[str, ...] = ("subscriber_key", "missing_count")
 MEMBERSHIP_COLUMNS: tuple[str, ...] = ("subscriber_key", "community_group", "community")
@@ -76,7 +84,9 @@ class SyncPlan:
     memberships_add: pd.DataFrame = field(default_factory=lambda: _empty(MEMBERSHIP_COLUMNS))
     memberships_remove: pd.DataFrame = field(default_factory=lambda: _empty(MEMBERSHIP_COLUMNS))
     skipped_deletes: int = 0  # delete-flagged users the warehouse never had: nothing to delete
-    missing_counted: bool = True  # False when this file already counted towards missing_count (forced re-apply)
+    missing_counted: bool = (
+        True  # False when this file already counted towards missing_count (forced re-apply)
+    )
 
     def __repr__(self) -> str:
         return f"SyncPlan(client_id={self.client_id!r}, {self.summary()}, guard_blocked={self.guard.blocked})"
@@ -94,7 +104,10 @@ class SyncPlan:
         }
 
     def membership_counts(self) -> dict[str, int]:
-        return {"communities_added": len(self.memberships_add), "communities_removed": len(self.memberships_remove)}
+        return {
+            "communities_added": len(self.memberships_add),
+            "communities_removed": len(self.memberships_remove),
+        }
 
     @property
     def changes_anything(self) -> bool:
@@ -136,18 +149,35 @@ def _as_bool(series: pd.Series) -> pd.Series:
         return series.fillna(False).astype(bool)
     if pd.api.types.is_numeric_dtype(series.dtype):
         return series.fillna(0).astype(bool)
-    return series.astype("string").str.strip().str.lower().isin(_TRUE_WORDS).fillna(False).astype(bool)
+    words = series.astype("string").str.strip().str.lower()
+    return pd.Series(_isin(words, pd.Series(_TRUE_WORDS)), index=series.index)
 
 
 def normalise_subscribers(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
-    """The frame's `columns` with the warehouse's types: nullable strings, Int64 years, bool opt-out."""
-    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    """The frame's `columns` with the warehouse's types: nullable strings, Int64 years, bool opt-out.
+
+    A column the frame lacks is all-missing (no opt-out, no delete flag).
+    """
+    index = pd.RangeIndex(len(frame))
+    out = pd.DataFrame(index=index)
     for name in columns:
-        values = frame[name].reset_index(drop=True) if name in frame else pd.Series([pd.NA] * len(frame))
+        if name not in frame:
+            if name in ("email_opt_out", "delete"):
+                out[name] = np.zeros(len(frame), dtype=bool)
+            elif name == "missing_count":
+                out[name] = np.zeros(len(frame), dtype="int64")
+            else:
+                out[name] = pd.Series(
+                    pd.NA, index=index, dtype="Int64" if name == "graduation_year" else "string"
+                )
+            continue
+        values = frame[name].reset_index(drop=True)
         if name in _TEXT_COLUMNS or name == "status":
             out[name] = values.astype("string")
         elif name == "graduation_year":
-            out[name] = pd.to_numeric(values, errors="coerce").astype("Int64")
+            out[name] = (
+                values if values.dtype == "Int64" else pd.to_numeric(values, errors="coerce").astype("Int64")
+            )
         elif name == "missing_count":
             out[name] = pd.to_numeric(values, errors="coerce").fillna(0).astype("int64")
         elif name in ("email_opt_out", "delete"):
@@ -155,6 +185,21 @@ def normalise_subscribers(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.D
         else:
             out[name] = values
     return out
+
+
+def _keys(values: pd.Series | list) -> pa.Array:
+    return pa.array(pd.Series(values, dtype="string"), type=pa.large_string())
+
+
+def _isin_arrow(values: pa.Array, allowed: pa.Array) -> np.ndarray:
+    if not len(values):
+        return np.zeros(0, dtype=bool)
+    return pc.is_in(values, value_set=allowed).fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def _isin(values: pd.Series, allowed: pd.Series) -> np.ndarray:
+    """`values.isin(allowed)` through Arrow's hash set (pandas' path for Arrow strings loops in Python)."""
+    return _isin_arrow(_keys(values), _keys(allowed))
 
 
 def _same(new: pd.Series, old: pd.Series) -> np.ndarray:
@@ -199,13 +244,29 @@ def _evaluate_guard(
     )
 
 
-def _membership_diff(
-    desired: pd.DataFrame, current: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(to add, to remove) so that `current` becomes `desired`."""
-    merged = desired.merge(current, on=list(MEMBERSHIP_COLUMNS), how="outer", indicator=True)
-    add = merged.loc[merged["_merge"] == "left_only", list(MEMBERSHIP_COLUMNS)].reset_index(drop=True)
-    remove = merged.loc[merged["_merge"] == "right_only", list(MEMBERSHIP_COLUMNS)].reset_index(drop=True)
+def _string_index(values: pa.Array | pd.Series) -> pd.Index:
+    """A pandas Index on Arrow strings: its hash table is built once and probed many times."""
+    if isinstance(values, pd.Series):
+        return pd.Index(values.astype("string"))
+    return pd.Index(values.to_pandas(types_mapper=lambda _: pd.StringDtype()))
+
+
+def _combined(frame: pd.DataFrame) -> pa.Array:
+    """One hashable key per membership; \x1f (unit separator) never occurs in a value we keep."""
+    separator = pa.scalar("\x1f", type=pa.large_string())
+    return pc.binary_join_element_wise(*(_keys(frame[c]) for c in MEMBERSHIP_COLUMNS), separator)
+
+
+def _membership_diff(desired: pd.DataFrame, current: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(to add, to remove) so that `current` (unique rows: a primary key) becomes `desired`."""
+    if not len(current):
+        return desired.reset_index(drop=True), current.reset_index(drop=True)
+    stored = _string_index(_combined(current))
+    position = stored.get_indexer(_string_index(_combined(desired)))
+    kept = np.zeros(len(current), dtype=bool)
+    kept[position[position >= 0]] = True
+    add = desired.loc[position < 0].reset_index(drop=True)
+    remove = current.loc[~kept].reset_index(drop=True)
     return add, remove
 
 
@@ -220,33 +281,39 @@ def build_sync_plan(
 ) -> SyncPlan:
     """Work out every change one sync of `client` makes.
 
-    `current` is the client's rows in the warehouse (CURRENT_COLUMNS), `current_memberships` their
-    communities (None: assume none, so memberships are only added). `count_missing=False` is for re-applying
-    the file that was last applied: it has already counted towards `missing_count` once.
+    `current` is the client's rows in the warehouse (CURRENT_COLUMNS, one per key),
+    `current_memberships` their communities (None: assume none, so memberships are only added).
+    `mapped.subscribers` holds one row per key (the file contract rejects duplicates).
+    `count_missing=False` is for re-applying the file that was last applied: it has already counted
+    towards `missing_count` once.
     """
     file = normalise_subscribers(mapped.subscribers, ("subscriber_key", *PROFILE_COLUMNS, "delete"))
-    file = file.drop_duplicates("subscriber_key", keep="last").reset_index(drop=True)
     cur = normalise_subscribers(current, CURRENT_COLUMNS)
-    cur_indexed = cur.set_index("subscriber_key")
+    # One hash table on the stored keys, probed by the file, the protected keys and the memberships.
+    cur_index = _string_index(cur["subscriber_key"])
 
     # Align the warehouse's row (if any) to each file row.
-    old = cur_indexed.reindex(file["subscriber_key"]).reset_index(drop=True)
-    exists = old["status"].notna().to_numpy()
+    position = cur_index.get_indexer(file["subscriber_key"]) if len(cur) else np.full(len(file), -1)
+    exists = position >= 0
+    if len(cur):
+        old = cur.iloc[np.where(exists, position, 0)].reset_index(drop=True)
+    else:
+        old = normalise_subscribers(pd.DataFrame(index=pd.RangeIndex(len(file))), CURRENT_COLUMNS)
+    in_file = np.zeros(len(cur), dtype=bool)
+    in_file[position[exists]] = True
     delete_flag = file["delete"].to_numpy(dtype=bool)
-    old_status = old["status"].fillna("").to_numpy(dtype=object)
-    old_missing = old["missing_count"].fillna(0).to_numpy()
+    old_status = np.where(exists, old["status"].fillna("").to_numpy(dtype=object), "")
+    old_missing = np.where(exists, old["missing_count"].fillna(0).to_numpy(), 0)
+    old_opt_out = exists & old["email_opt_out"].fillna(False).to_numpy(dtype=bool)
 
-    new = file[list(("subscriber_key", *PROFILE_COLUMNS))].copy()
+    new = file[["subscriber_key", *PROFILE_COLUMNS]].copy()
     # Opt-out is one-way: the file can set it, never clear it (a user's own choice stays).
-    new["email_opt_out"] = new["email_opt_out"].to_numpy(dtype=bool) | old["email_opt_out"].fillna(False).to_numpy(
-        dtype=bool
-    )
+    new["email_opt_out"] = new["email_opt_out"].to_numpy(dtype=bool) | old_opt_out
     new["status"] = pd.Series(np.where(delete_flag, DELETED, ACTIVE), dtype="string")
     new["missing_count"] = np.zeros(len(new), dtype="int64")
 
     changed = {name: exists & ~_same(new[name], old[name]) for name in PROFILE_COLUMNS}
-    missing_reset = exists & (old_missing > 0)
-    changed["missing_count"] = missing_reset
+    changed["missing_count"] = exists & (old_missing > 0)  # seen again: the count restarts
     any_changed = np.logical_or.reduce(list(changed.values())) if len(new) else np.zeros(0, dtype=bool)
 
     is_delete = exists & delete_flag & (old_status != DELETED)
@@ -271,24 +338,25 @@ def build_sync_plan(
     missing = _empty(ABSENT_COLUMNS)
     deprovisions = _empty(ABSENT_COLUMNS)
     if client.auto_deprovision and count_missing and len(cur):
-        present = pd.concat(
-            [file["subscriber_key"], pd.Series(mapped.protected_keys, dtype="string")], ignore_index=True
-        )
-        absent = cur.loc[(cur["status"] == ACTIVE).fillna(False) & ~cur["subscriber_key"].isin(present)]
+        present = in_file.copy()
+        protected = cur_index.get_indexer(pd.Series(mapped.protected_keys, dtype="string"))
+        present[protected[protected >= 0]] = True
+        absent = cur.loc[(cur["status"] == ACTIVE).fillna(False).to_numpy(bool) & ~present]
         absent = absent[["subscriber_key", "missing_count"]].assign(missing_count=absent["missing_count"] + 1)
         reached = absent["missing_count"] >= client.deprovision_after_missing_files
         missing = absent.loc[~reached].reset_index(drop=True)
         deprovisions = absent.loc[reached].reset_index(drop=True)
 
     # Communities of users present in the file are replaced by the file's; deleted users lose theirs.
-    keep_keys = file.loc[~delete_flag, "subscriber_key"]
-    desired = mapped.memberships[list(MEMBERSHIP_COLUMNS)].astype("string")
-    desired = desired.loc[desired["subscriber_key"].isin(keep_keys)].drop_duplicates().reset_index(drop=True)
-    if current_memberships is None:
+    desired = mapped.memberships[list(MEMBERSHIP_COLUMNS)].astype("string").reset_index(drop=True)
+    if delete_flag.any():
+        desired = desired.loc[~_isin(desired["subscriber_key"], file.loc[delete_flag, "subscriber_key"])]
+    if current_memberships is None or not len(current_memberships) or not len(cur):
         current_m = _empty(MEMBERSHIP_COLUMNS).astype("string")
     else:
-        current_m = current_memberships[list(MEMBERSHIP_COLUMNS)].astype("string")
-        current_m = current_m.loc[current_m["subscriber_key"].isin(file["subscriber_key"])]
+        current_m = current_memberships[list(MEMBERSHIP_COLUMNS)].astype("string").reset_index(drop=True)
+        owner = cur_index.get_indexer(current_m["subscriber_key"])
+        current_m = current_m.loc[(owner >= 0) & in_file[np.maximum(owner, 0)]]
     memberships_add, memberships_remove = _membership_diff(desired, current_m)
 
     active_before = int((cur["status"] == ACTIVE).fillna(False).sum())

@@ -19,7 +19,9 @@ from sis_pipeline.resources import ArchiveResource, EventQueueResource, Registry
 HEADER = ["first_name", "last_name", "email", "user_type"]
 
 
-def roster_csv(count: int, *, start: int = 0, domain: str = "school.example.edu", extra_rows: str = "") -> bytes:
+def roster_csv(
+    count: int, *, start: int = 0, domain: str = "school.example.edu", extra_rows: str = ""
+) -> bytes:
     """`count` valid students numbered from `start`, plus raw `extra_rows` text appended as is."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
@@ -50,7 +52,9 @@ class Harness:
         return self.tmp / "clients.yaml"
 
     def add_client(self, client_id: str, *, create_bucket: bool = True, versioned: bool = True, **overrides):
-        bucket = overrides.pop("bucket", f"sis-{client_id.lower()}-{self.tmp.name[-8:].lower()}".replace("_", "-"))
+        bucket = overrides.pop(
+            "bucket", f"sis-{client_id.lower()}-{self.tmp.name[-8:].lower()}".replace("_", "-")
+        )
         self.clients[client_id] = client_entry(client_id, bucket, **overrides)
         if create_bucket:
             self.s3.create_bucket(Bucket=bucket)
@@ -101,8 +105,8 @@ class Harness:
         return self.warehouse().sync_log(client_id, limit=50)
 
 
-def run_backfill(harness: Harness, instance: DagsterInstance, partitions: list[str], timeout: float = 120) -> list[str]:
-    """Launch a real partition backfill with Dagster's CLI against `instance`; wait for its runs to finish."""
+def run_backfill(harness: Harness, instance: DagsterInstance, partitions: list[str], timeout: float = 240) -> list[str]:
+    """A real partition backfill: Dagster's CLI queues one run per client, Dagster's daemon runs them."""
     import os
     import subprocess
     import sys
@@ -110,6 +114,7 @@ def run_backfill(harness: Harness, instance: DagsterInstance, partitions: list[s
 
     from dagster import DagsterRunStatus, RunsFilter
 
+    root = Path(__file__).resolve().parents[1]
     env = {
         **os.environ,
         "DAGSTER_HOME": instance.root_directory,
@@ -118,17 +123,25 @@ def run_backfill(harness: Harness, instance: DagsterInstance, partitions: list[s
         "SIS_ARCHIVE_URI": str(harness.tmp / "archive"),
         "SIS_S3_ENDPOINT_URL": harness.endpoint,
     }
-    dagster = Path(sys.executable).with_name("dagster")
+    bin_dir = Path(sys.executable).parent
     subprocess.run(
-        [str(dagster), "job", "backfill", "-m", "sis_pipeline.definitions", "-a", "defs", "-j", JOB_NAME,
+        [str(bin_dir / "dagster"), "job", "backfill", "-w", str(root / "workspace.yaml"), "-j", JOB_NAME,
          "--partitions", ",".join(partitions), "--noprompt"],
-        env=env, check=True, capture_output=True, text=True, timeout=timeout,
+        env=env, cwd=root, check=True, capture_output=True, text=True, timeout=timeout,
     )
-    deadline = time.monotonic() + timeout
-    finished = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-    while time.monotonic() < deadline:
-        runs = instance.get_runs(RunsFilter(job_name=JOB_NAME))
-        if len(runs) >= len(partitions) and all(r.status in finished for r in runs):
-            return [r.run_id for r in runs]
-        time.sleep(0.5)
-    raise TimeoutError(f"backfill runs did not finish: {[(r.run_id, r.status) for r in runs]}")
+    daemon = subprocess.Popen(
+        [str(bin_dir / "dagster-daemon"), "run", "-w", str(root / "workspace.yaml")],
+        env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        finished = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+        while time.monotonic() < deadline:
+            runs = instance.get_runs(RunsFilter(job_name=JOB_NAME))
+            if len(runs) >= len(partitions) and all(r.status in finished for r in runs):
+                return [r.run_id for r in runs]
+            time.sleep(0.5)
+        raise TimeoutError(f"backfill runs did not finish: {[(r.run_id, r.status) for r in runs]}")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)

@@ -23,7 +23,9 @@ def _materialized(result) -> set[AssetKey]:
 
 
 def _check(result, name: str):
-    evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    evaluations = [
+        e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
     return next(e for e in evaluations if e.check_name == name)
 
 
@@ -69,8 +71,10 @@ def test_same_file_again_is_unchanged_and_writes_only_the_log_row(harness, dagst
     assert second.success
     assert _statuses(harness, "22") == ["applied", "unchanged"]
     after = harness.warehouse().current_subscribers("22")
-    assert before.sort_values("subscriber_key").reset_index(drop=True).equals(
-        after.sort_values("subscriber_key").reset_index(drop=True)
+    assert (
+        before.sort_values("subscriber_key")
+        .reset_index(drop=True)
+        .equals(after.sort_values("subscriber_key").reset_index(drop=True))
     )
 
 
@@ -199,3 +203,21 @@ def test_backfill_over_two_clients_runs_each_partition(harness, dagster_instance
     assert len(run_ids) == 2
     assert _statuses(harness, "22") == ["applied"]
     assert _statuses(harness, "41") == ["applied"]
+
+
+def test_unexpected_error_is_logged_failed_naming_the_stage_not_the_data(harness, dagster_instance, monkeypatch):
+    import sis_pipeline.assets as assets
+
+    def broken_mapping(validated, client):
+        raise ValueError("student7@school.example.edu broke the mapper")
+
+    monkeypatch.setattr(assets, "map_file", broken_mapping)
+    harness.add_client("22")
+    harness.upload("22", roster_csv(8))
+    result = harness.run(dagster_instance, "22")
+    assert not result.success
+    last = harness.log("22").iloc[0]
+    assert last["status"] == "failed"
+    assert "mapping subscribers" in last["message"] and "ValueError" in last["message"]
+    assert "student7" not in last["message"]
+    assert len(harness.warehouse().current_subscribers("22")) == 0

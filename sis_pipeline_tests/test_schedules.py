@@ -44,15 +44,19 @@ def test_weekly_default_runs_saturday_23_new_york_for_weekly_clients_only(harnes
 def test_unreviewed_clients_are_scheduled_as_previews(harness, dagster_instance):
     _clients(harness)
     saturday_23_ny = datetime(2026, 11, 28, 23, 0, tzinfo=ZoneInfo("America/New_York")).astimezone(UTC)
-    requests = {r.partition_key: set(r.asset_selection) for r in
-                _tick(harness, dagster_instance, "sis_weekly_schedule", saturday_23_ny)}
+    requests = {
+        r.partition_key: set(r.asset_selection)
+        for r in _tick(harness, dagster_instance, "sis_weekly_schedule", saturday_23_ny)
+    }
     assert requests == {"w1": set(ALL_ASSETS), "w3": set(PREVIEW_ASSETS)}
 
 
 def test_client_cron_and_timezone_are_honoured(harness, dagster_instance):
     _clients(harness)
     monday_0630_paris = datetime(2026, 11, 30, 6, 30, tzinfo=ZoneInfo("Europe/Paris")).astimezone(UTC)
-    assert [r.partition_key for r in _tick(harness, dagster_instance, "sis_weekly_schedule", monday_0630_paris)] == ["w2"]
+    assert [
+        r.partition_key for r in _tick(harness, dagster_instance, "sis_weekly_schedule", monday_0630_paris)
+    ] == ["w2"]
     # Five minutes later nothing is due any more.
     later = monday_0630_paris.replace(minute=monday_0630_paris.minute + 5)
     assert _tick(harness, dagster_instance, "sis_weekly_schedule", later) == []
@@ -74,7 +78,9 @@ def test_daily_schedule_runs_daily_clients_at_two_in_their_zone(harness, dagster
     two_ny = datetime(2026, 11, 24, 2, 0, tzinfo=ZoneInfo("America/New_York")).astimezone(UTC)
     two_tokyo = datetime(2026, 11, 24, 2, 0, tzinfo=ZoneInfo("Asia/Tokyo")).astimezone(UTC)
     assert [r.partition_key for r in _tick(harness, dagster_instance, "sis_daily_schedule", two_ny)] == ["d1"]
-    assert [r.partition_key for r in _tick(harness, dagster_instance, "sis_daily_schedule", two_tokyo)] == ["d2"]
+    assert [r.partition_key for r in _tick(harness, dagster_instance, "sis_daily_schedule", two_tokyo)] == [
+        "d2"
+    ]
 
 
 def test_run_keys_make_a_reevaluated_tick_start_nothing_twice(harness, dagster_instance):
@@ -99,4 +105,10 @@ def test_over_a_week_each_client_runs_exactly_as_its_cron_says(harness):
             fired += [r.partition_key for r in scheduled_run_requests(name, mode, registry, tick)]
         tick += timedelta(minutes=5)
     assert "m1" not in fired and "u1" not in fired
-    assert {c: fired.count(c) for c in ("w1", "w2", "w3", "d1", "d2")} == {"w1": 1, "w2": 1, "w3": 1, "d1": 7, "d2": 7}
+    assert {c: fired.count(c) for c in ("w1", "w2", "w3", "d1", "d2")} == {
+        "w1": 1,
+        "w2": 1,
+        "w3": 1,
+        "d1": 7,
+        "d2": 7,
+    }

@@ -13,8 +13,9 @@ from sis_pipeline_tests.orchestration_support import roster_csv
 
 def _tick(harness, instance, cursor=None):
     sensor = harness.defs.resolve_sensor_def("sis_upload_sensor")
-    context = build_sensor_context(instance=instance, cursor=cursor, resources=harness.resources(),
-                                   definitions=harness.defs)
+    context = build_sensor_context(
+        instance=instance, cursor=cursor, resources=harness.resources(), definitions=harness.defs
+    )
     result = sensor(context)
     return result.run_requests or [], result.cursor
 
@@ -103,7 +104,9 @@ def test_events_mode_reads_s3_notifications_from_sqs(harness, dagster_instance, 
     for client in ("22", "41"):
         harness.s3.put_bucket_notification_configuration(
             Bucket=harness.bucket(client),
-            NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+            },
         )
     put22 = harness.upload("22", roster_csv(2))
     put41 = harness.upload("41", roster_csv(3))
@@ -120,12 +123,16 @@ def test_events_mode_reads_s3_notifications_from_sqs(harness, dagster_instance, 
     assert _tick(harness, dagster_instance, cursor)[0] == []
 
 
-def test_events_mode_takes_only_the_latest_of_several_uploads_per_client(harness, dagster_instance, moto_endpoint):
+def test_events_mode_takes_only_the_latest_of_several_uploads_per_client(
+    harness, dagster_instance, moto_endpoint
+):
     sqs, queue_url, arn = _events_harness(harness, moto_endpoint)
     harness.add_client("22", sync="on_upload")
     harness.s3.put_bucket_notification_configuration(
         Bucket=harness.bucket("22"),
-        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
     )
     harness.upload("22", roster_csv(2))
     last = harness.upload("22", roster_csv(3))

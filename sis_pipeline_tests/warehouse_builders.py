@@ -25,7 +25,9 @@ from sis_pipeline.warehouse.tables import metadata
 
 
 def client(client_id: str = "22", **settings: Any) -> ClientConfig:
-    return ClientConfig(id=client_id, name=f"School {client_id}", bucket=f"sis-test-{client_id.lower()}", **settings)
+    return ClientConfig(
+        id=client_id, name=f"School {client_id}", bucket=f"sis-test-{client_id.lower()}", **settings
+    )
 
 
 def person(n: int, **overrides: Any) -> dict[str, Any]:
@@ -94,11 +96,16 @@ class SyncFile:
             rejected=rejected_frame,
             protected_keys=pd.Series(keys, dtype="string"),
         )
-        digest = sha256 or hashlib.sha256(
-            repr((rows, communities, rejected_rows, protected)).encode()
-        ).hexdigest()
+        digest = (
+            sha256 or hashlib.sha256(repr((rows, communities, rejected_rows, protected)).encode()).hexdigest()
+        )
         self.version = FileVersion(
-            bucket=cfg.bucket, key=cfg.key, etag=f'"{digest[:32]}"', version_id=digest[:12], sha256=digest, size=1
+            bucket=cfg.bucket,
+            key=cfg.key,
+            etag=f'"{digest[:32]}"',
+            version_id=digest[:12],
+            sha256=digest,
+            size=1,
         )
         self.client = cfg
 
@@ -126,7 +133,9 @@ def communities_of(warehouse: Warehouse, client_id: str = "22") -> set[tuple[str
     t = metadata.tables["subscriber_communities"]
     with warehouse.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(t.c.subscriber_key, t.c.community_group, t.c.community).where(t.c.client_id == client_id)
+            sa.select(t.c.subscriber_key, t.c.community_group, t.c.community).where(
+                t.c.client_id == client_id
+            )
         ).fetchall()
     return {tuple(r) for r in rows}
 

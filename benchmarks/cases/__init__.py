@@ -58,7 +58,7 @@ CASES: dict[str, CaseSpec] = {
             "≤ 2 s",
             target_seconds=2.0,
             needs_s3=True,
-        ),  # fmt: skip
+        ),
         CaseSpec(
             "forced_reapply",
             "benchmarks.cases.dagster_runs",
@@ -66,7 +66,7 @@ CASES: dict[str, CaseSpec] = {
             "≤ 1.2× floor",
             target_ratio=1.2,
             needs_s3=True,
-        ),  # fmt: skip
+        ),
         CaseSpec("validate_cli", "benchmarks.cases.validate_cli", ("-",), "≤ 3 s", target_seconds=3.0),
         CaseSpec(
             "weekly_1000_clients",
@@ -75,7 +75,7 @@ CASES: dict[str, CaseSpec] = {
             "≤ 600 s",
             target_seconds=600.0,
             needs_s3=True,
-        ),  # fmt: skip
+        ),
         CaseSpec(
             "sensor_poll_1000",
             "benchmarks.cases.many_clients",
@@ -83,7 +83,7 @@ CASES: dict[str, CaseSpec] = {
             "≤ 10 s",
             target_seconds=10.0,
             needs_s3=True,
-        ),  # fmt: skip
+        ),
         CaseSpec(
             "sensor_sqs_1000",
             "benchmarks.cases.many_clients",
@@ -91,7 +91,7 @@ CASES: dict[str, CaseSpec] = {
             "≤ 2 s",
             target_seconds=2.0,
             needs_s3=True,
-        ),  # fmt: skip
+        ),
     )
 }
 

@@ -5,14 +5,16 @@
 - `sensor_poll_1000`: one tick of `sis_upload_sensor` in polling mode over every client's bucket, all of
   them with a new upload, so the tick requests one run per client.
 - `sensor_sqs_1000`: one tick of `sis_upload_sensor` in event mode, with one S3 `ObjectCreated`
-  notification per client waiting on an SQS queue. The sensor reads the queue URL from the environment
-  variable named by `sis_pipeline.sensors.SQS_QUEUE_URL_ENV`.
+  notification per client waiting on an SQS queue (`SIS_EVENTS_QUEUE_URL`), and the hourly reconciling poll
+  not due, so the tick handles the events alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.cases import BenchContext, CaseUnavailable
@@ -37,11 +39,11 @@ def check_available(ctx: BenchContext) -> None:
 
 
 def _sqs_env_name() -> str:
-    import sis_pipeline.sensors as sensors
+    from sis_pipeline import settings
 
-    name = getattr(sensors, "SQS_QUEUE_URL_ENV", None)
+    name = getattr(settings, "EVENTS_QUEUE_ENV", None)
     if not name:
-        raise CaseUnavailable("needs sis_pipeline.sensors.SQS_QUEUE_URL_ENV (the event-mode queue setting)")
+        raise CaseUnavailable("needs sis_pipeline.settings.EVENTS_QUEUE_ENV (the event-mode queue setting)")
     return name
 
 
@@ -55,7 +57,7 @@ def prepare(ctx: BenchContext) -> None:
         cid: b"".join(bytes(chunk) for chunk in iter_file_chunks(ctx.rows_per_client, 1, ctx.seed + i))
         for i, cid in enumerate(clients)
     }
-    upload_many(ctx, files)
+    uploads = upload_many(ctx, files)
     if ctx.case == "weekly_1000_clients":
         if cli("migrate") != 0:
             raise RuntimeError("sis-pipeline migrate failed")
@@ -66,14 +68,14 @@ def prepare(ctx: BenchContext) -> None:
         queue_url = sqs.create_queue(QueueName="sis-bench-uploads")["QueueUrl"]
         for start in range(0, len(clients), 10):
             entries = [
-                {"Id": str(n), "MessageBody": json.dumps(_s3_event(bucket_for(cid)))}
+                {"Id": str(n), "MessageBody": json.dumps(_s3_event(bucket_for(cid), uploads[cid]))}
                 for n, cid in enumerate(clients[start : start + 10])
             ]
             sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
         Path(ctx.work_dir, "queue_url").write_text(queue_url)
 
 
-def _s3_event(bucket: str) -> dict:
+def _s3_event(bucket: str, upload: dict) -> dict:
     """The body S3 sends to SQS for an upload."""
     return {
         "Records": [
@@ -82,7 +84,16 @@ def _s3_event(bucket: str) -> dict:
                 "eventSource": "aws:s3",
                 "awsRegion": "us-east-1",
                 "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": bucket}, "object": {"key": "student_feed.csv"}},
+                "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "s3": {
+                    "bucket": {"name": bucket},
+                    "object": {
+                        "key": "student_feed.csv",
+                        "eTag": upload["etag"],
+                        "versionId": upload["version_id"],
+                        "size": upload["size"],
+                    },
+                },
             }
         ]
     }
@@ -107,11 +118,20 @@ def run(ctx: BenchContext) -> dict:
     from dagster import DagsterInstance, build_sensor_context
 
     from sis_pipeline.definitions import defs
+    from sis_pipeline.resources import default_resources
 
-    sensor = defs.get_sensor_def(SENSOR_NAME)
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    # event mode: the hourly reconciling poll is not due, so the tick reads the queue alone
+    cursor = (
+        json.dumps({"v": 1, "seen": {}, "last_full_poll": time.time()})
+        if ctx.case == "sensor_sqs_1000"
+        else None
+    )
     with DagsterInstance.get() as instance:
-        context = build_sensor_context(instance=instance, definitions=defs, sensor_name=SENSOR_NAME)
-        tick = sensor.evaluate_tick(context)
+        context = build_sensor_context(
+            instance=instance, cursor=cursor, resources=default_resources(), definitions=defs
+        )
+        tick = sensor(context)
     requested = len(tick.run_requests or [])
     if requested < ctx.clients:
         raise RuntimeError(f"one tick requested {requested} runs for {ctx.clients} uploads")

@@ -67,12 +67,14 @@ def apply_naive(ctx: BenchContext, csv_path: str, client_id: str = "bench") -> i
     frame["subscriber_key"] = frame["email"].str.lower()
     present = set(frame["subscriber_key"])
     frame = frame[~frame["subscriber_key"].duplicated(keep=False)]
-    now = datetime.now(UTC).isoformat()
+    now = pd.Timestamp(datetime.now(UTC))
     engine = _engine(ctx)
     with engine.begin() as conn:
         existing = pd.read_sql(
             sa.text("SELECT * FROM subscribers WHERE client_id = :c"), conn, params={"c": client_id}
         ).set_index("subscriber_key")
+        for column in ("first_seen_at", "last_seen_at", "status_changed_at"):  # SQLite hands back text
+            existing[column] = pd.to_datetime(existing[column], utc=True, format="ISO8601")
         incoming = pd.DataFrame(
             {
                 "client_id": client_id,
@@ -82,7 +84,7 @@ def apply_naive(ctx: BenchContext, csv_path: str, client_id: str = "bench") -> i
                 "last_name": frame["last_name"],
                 "user_login": frame["user_login"].where(
                     frame["user_login"].str.contains("@"), client_id + "_" + frame["user_login"]
-                ),  # fmt: skip
+                ),
                 "graduation_year": pd.to_numeric(frame["graduation"].str[:4], errors="coerce"),
                 "user_type": frame["user_type"],
                 "email_opt_out": frame["email_opt_out"].str.lower().isin(["1", "yes", "true"]),

@@ -44,8 +44,7 @@ def enter_environment(ctx: BenchContext, client_ids: Iterable[str]) -> None:
     work = Path(ctx.work_dir)
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
     registry = work / "clients.yaml"
-    if not registry.exists():
-        registry.write_text(clients_yaml(list(client_ids)))
+    registry.write_text(clients_yaml(list(client_ids)))
     os.environ.update(
         {
             "SIS_S3_ENDPOINT_URL": ctx.s3_endpoint or "",
@@ -97,19 +96,24 @@ def upload(ctx: BenchContext, client_id: str, body: bytes | str | Path) -> None:
         s3.put_object(Bucket=bucket, Key="student_feed.csv", Body=body)
 
 
-def upload_many(ctx: BenchContext, files: dict[str, bytes]) -> None:
-    """Create one versioned bucket per client and upload its file, eight at a time."""
+def upload_many(ctx: BenchContext, files: dict[str, bytes]) -> dict[str, dict]:
+    """Create one versioned bucket per client and upload its file, eight at a time; the PutObject answers."""
     s3 = s3_client(ctx)
 
-    def one(item: tuple[str, bytes]) -> None:
+    def one(item: tuple[str, bytes]) -> tuple[str, dict]:
         client_id, body = item
         bucket = bucket_for(client_id)
         s3.create_bucket(Bucket=bucket)
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        s3.put_object(Bucket=bucket, Key="student_feed.csv", Body=body)
+        answer = s3.put_object(Bucket=bucket, Key="student_feed.csv", Body=body)
+        return client_id, {
+            "etag": answer["ETag"].strip('"'),
+            "version_id": answer.get("VersionId"),
+            "size": len(body),
+        }
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, files.items()))
+        return dict(pool.map(one, files.items()))
 
 
 def cli(*args: str) -> int:

@@ -24,7 +24,6 @@ from sis_pipeline.columns import (
     normalise_value,
 )
 from sis_pipeline.registry import PEOPLE_AUDIENCE_GROUP, ClientConfig
-from sis_pipeline.sisfile.parse import STRING_DTYPE
 from sis_pipeline.sisfile.result import (
     MEMBERSHIP_COLUMNS,
     SUBSCRIBER_COLUMNS,
@@ -183,7 +182,10 @@ def graduation_years(values: pd.Series | pa.ChunkedArray) -> tuple[pd.Series, np
         month = iso[1].fillna(us[0]).astype("Int64")
         day = iso[2].fillna(us[1]).astype("Int64")
         parts = pd.DataFrame({"year": year.fillna(2000), "month": month.fillna(1), "day": day.fillna(1)})
-        real = pd.to_datetime(parts.astype("int64"), errors="coerce").notna().to_numpy() & year.notna().to_numpy()
+        real = (
+            pd.to_datetime(parts.astype("int64"), errors="coerce").notna().to_numpy()
+            & year.notna().to_numpy()
+        )
         class_year = (year + (month > _CUTOFF_MONTH).astype("Int64")).to_numpy(dtype=np.int64, na_value=0)
         years[rest_idx[real]] = class_year[real]
         known[rest_idx[real]] = True
@@ -226,7 +228,9 @@ def _value_warnings(code: str, column: str, values: pa.ChunkedArray, describe) -
         key=lambda pair: (-pair[1], str(pair[0])),
     )
     warnings = [
-        FileWarning(code=code, message=describe(value, count), column_name=column, value=str(value), count=count)
+        FileWarning(
+            code=code, message=describe(value, count), column_name=column, value=str(value), count=count
+        )
         for value, count in counts[:MAX_WARNED_VALUES]
     ]
     if len(counts) > MAX_WARNED_VALUES:
@@ -260,8 +264,10 @@ def value_warnings(valid: pd.DataFrame, client: ClientConfig) -> tuple[list[File
                 "graduation_invalid",
                 GRADUATION,
                 arrow_strings(valid[GRADUATION]).filter(pa.array(invalid)),
-                lambda v, n: f"graduation value {v!r} is neither a 4-digit year nor a date ({n} rows); "
-                "imported without a class year",
+                lambda v, n: (
+                    f"graduation value {v!r} is neither a 4-digit year nor a date ({n} rows); "
+                    "imported without a class year"
+                ),
             )
     if USER_TYPE in valid and client.user_types:
         types = single_value(valid[USER_TYPE])
@@ -283,14 +289,17 @@ def value_warnings(valid: pd.DataFrame, client: ClientConfig) -> tuple[list[File
         unmapped = _mask(pc.is_null(communities))
         if unmapped.any():
             warned[rows[unmapped]] = True
-            pairs = pd.DataFrame({"row": rows[unmapped], "value": values.filter(pa.array(unmapped)).to_pylist()})
+            pairs = pd.DataFrame(
+                {"row": rows[unmapped], "value": values.filter(pa.array(unmapped)).to_pylist()}
+            )
             per_row = pairs.drop_duplicates()["value"]
             warnings += _value_warnings(
                 "extra_value_unmapped",
                 column,
                 pa.chunked_array([pa.array(per_row.to_list(), pa.large_string())]),
-                lambda v, n, c=column, g=config.group: f"column {c!r}: value {v!r} is not mapped to a "
-                f"community of {g!r} ({n} rows); dropped",
+                lambda v, n, c=column, g=config.group: (
+                    f"column {c!r}: value {v!r} is not mapped to a community of {g!r} ({n} rows); dropped"
+                ),
             )
     return warnings, warned
 
@@ -335,7 +344,9 @@ def map_file(validated: ValidatedFile, client: ClientConfig) -> MappedFile:
             "email": string_series(normalise_email(column(EMAIL))),
             "first_name": string_series(_null_if_blank(column(FIRST_NAME))),
             "last_name": string_series(_null_if_blank(column(LAST_NAME))),
-            "user_login": string_series(identity_key(column(login_column), login_column or USER_LOGIN, client.id)),
+            "user_login": string_series(
+                identity_key(column(login_column), login_column or USER_LOGIN, client.id)
+            ),
             "graduation_year": years,
             "user_type": string_series(user_types),
             "email_opt_out": flag(valid.get(EMAIL_OPT_OUT), n),
@@ -355,9 +366,12 @@ def map_file(validated: ValidatedFile, client: ClientConfig) -> MappedFile:
             rows, values = explode_values(valid[name])
             communities, codes = lookup_values(values, config.values)
             parts.append((config.group, rows, communities, codes))
-    frames = [_memberships(keys, group, rows, communities, codes) for group, rows, communities, codes in parts]
+    frames = [
+        _memberships(keys, group, rows, communities, codes) for group, rows, communities, codes in parts
+    ]
     memberships = pd.concat(
-        [f for f in frames if len(f)] or [_memberships(keys, "", np.zeros(0, np.int64), nulls[:0], nulls[:0])],
+        [f for f in frames if len(f)]
+        or [_memberships(keys, "", np.zeros(0, np.int64), nulls[:0], nulls[:0])],
         ignore_index=True,
     )
     return MappedFile(

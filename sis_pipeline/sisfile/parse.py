@@ -138,7 +138,9 @@ def _decode(data: bytes, source: str) -> tuple[bytes, str, list[FileWarning]] | 
     except UnicodeDecodeError as exc:
         offset = exc.start + (len(_UTF8_BOM) if encoding == "utf-8-sig" else 0)
         return _not_decodable(
-            source, offset, f"byte 0x{data[exc.start]:02x} is neither UTF-8 nor Windows-1252; save it as UTF-8"
+            source,
+            offset,
+            f"byte 0x{data[exc.start]:02x} is neither UTF-8 nor Windows-1252; save it as UTF-8",
         )
     warning = FileWarning(
         code="windows_1252",

@@ -20,9 +20,9 @@ from sis_pipeline.sisfile.mapping import (
     arrow_strings,
     duplicated,
     has_multiple_values,
-    string_series,
     identity_key,
     is_email,
+    string_series,
     value_warnings,
 )
 from sis_pipeline.sisfile.parse import STRING_DTYPE, UNNAMED_PREFIX, ParsedFile, parse_csv
@@ -159,17 +159,26 @@ def _field_count_failures(parsed: ParsedFile) -> pd.DataFrame:
 
 
 def _empty_rejected() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series([], dtype=np.int64 if c == "line_number" else object) for c in REJECTED_COLUMNS})
+    return pd.DataFrame(
+        {c: pd.Series([], dtype=np.int64 if c == "line_number" else object) for c in REJECTED_COLUMNS}
+    )
 
 
 def _finish_rejected(parts: list[pd.DataFrame]) -> pd.DataFrame:
     rejected = pd.concat([p for p in parts if len(p)] or [_empty_rejected()], ignore_index=True)
     order = {code: i for i, code in enumerate(REASON_CODES)}
     rejected = rejected.assign(_order=rejected["reason_code"].map(order))
-    rejected = rejected.sort_values(["line_number", "_order", "column_name"], kind="stable", na_position="first")
+    rejected = rejected.sort_values(
+        ["line_number", "_order", "column_name"], kind="stable", na_position="first"
+    )
     rejected = rejected.drop(columns="_order").reset_index(drop=True)
     return rejected.astype(
-        {"line_number": np.int64, "column_name": STRING_DTYPE, "reason_code": STRING_DTYPE, "message": STRING_DTYPE}
+        {
+            "line_number": np.int64,
+            "column_name": STRING_DTYPE,
+            "reason_code": STRING_DTYPE,
+            "message": STRING_DTYPE,
+        }
     )
 
 
@@ -208,7 +217,11 @@ def _column_warnings(parsed: ParsedFile, client: ClientConfig) -> list[FileWarni
 
 
 def _protected_keys(
-    frame: pd.DataFrame, rejected_mask: np.ndarray, valid_keys: pd.Series, bad_rows: pd.DataFrame, client_id: str
+    frame: pd.DataFrame,
+    rejected_mask: np.ndarray,
+    valid_keys: pd.Series,
+    bad_rows: pd.DataFrame,
+    client_id: str,
 ) -> pd.Series:
     """Every identity present in the file. A rejected row protects each identity it could stand for (its
     email lower-cased, its user_id and user_login as stored); a row with the wrong field count protects every
@@ -277,6 +290,11 @@ def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFi
     )
     log.info(
         "validated %s for client %s: %d rows, %d valid, %d rejected, %d warned",
-        source, client.id, result.rows_total, result.rows_valid, result.rows_rejected, result.rows_warned,
+        source,
+        client.id,
+        result.rows_total,
+        result.rows_valid,
+        result.rows_rejected,
+        result.rows_warned,
     )
     return result

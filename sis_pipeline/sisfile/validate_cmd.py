@@ -43,7 +43,8 @@ def _rejected_rows(result: ValidatedFile) -> pd.DataFrame:
         return result.rejected
     problem = result.problem
     return pd.DataFrame(
-        [[problem.line_number, problem.column_name, problem.code, problem.message]], columns=list(REJECTED_COLUMNS)
+        [[problem.line_number, problem.column_name, problem.code, problem.message]],
+        columns=list(REJECTED_COLUMNS),
     )
 
 
@@ -82,7 +83,13 @@ def summary(result: ValidatedFile, client: ClientConfig, default_rules: bool) ->
             "byte_offset": result.problem.byte_offset,
         },
         "warnings": [
-            {"code": w.code, "message": w.message, "column_name": w.column_name, "value": w.value, "count": w.count}
+            {
+                "code": w.code,
+                "message": w.message,
+                "column_name": w.column_name,
+                "value": w.value,
+                "count": w.count,
+            }
             for w in result.warnings
         ],
         "rejected": [

@@ -162,7 +162,15 @@ class Warehouse:
         try:
             with write_transaction(self.engine, client.id) as conn:
                 return self._apply_locked(
-                    conn, client, validated, mapped, file, run_id, started, force=force, override_guard=override_guard
+                    conn,
+                    client,
+                    validated,
+                    mapped,
+                    file,
+                    run_id,
+                    started,
+                    force=force,
+                    override_guard=override_guard,
                 )
         except Exception as exc:
             self._record_failure(client.id, file, validated, run_id, started, exc, force, override_guard)
@@ -215,7 +223,12 @@ class Warehouse:
         if plan.guard.overridden:
             message = f"guard overridden ({plan.guard.reason}); {message}"
         sync_id = _insert_log(
-            conn, status="applied", message=message, plan=plan, guard_overridden=plan.guard.overridden, **common
+            conn,
+            status="applied",
+            message=message,
+            plan=plan,
+            guard_overridden=plan.guard.overridden,
+            **common,
         )
         now = _now()
         writer.upsert_subscribers(client.id, plan.upsert_frame(), sync_id, now)

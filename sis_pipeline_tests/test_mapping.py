@@ -1,0 +1,223 @@
+"""Mapping (PRODUCT.md §4): subscribers, identity keys, class years, flags, communities, protected keys."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pandas as pd
+import pytest
+
+from sis_pipeline.registry import ClientConfig
+from sis_pipeline.sisfile import map_file, validate_file
+from sis_pipeline.sisfile.result import MEMBERSHIP_COLUMNS, SUBSCRIBER_COLUMNS
+
+BASIC = ["first_name", "last_name", "email"]
+
+
+def _client(**fields) -> ClientConfig:
+    return ClientConfig(id="22", name="Test School", bucket="sis-test-22", **fields)
+
+
+def _map(header: list[str], *rows: list[str], client: ClientConfig | None = None):
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    client = client or _client()
+    validated = validate_file(buffer.getvalue().encode(), client, "roster.csv")
+    return map_file(validated, client)
+
+
+def _one(mapped, column: str):
+    value = mapped.subscribers[column].iloc[0]
+    if pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value  # numpy scalars as Python values
+
+
+def test_subscriber_frame_has_the_documented_columns_and_types():
+    mapped = _map([*BASIC, "graduation"], ["A", "B", "a@x.org", "2026"])
+    assert list(mapped.subscribers.columns) == list(SUBSCRIBER_COLUMNS)
+    assert list(mapped.memberships.columns) == list(MEMBERSHIP_COLUMNS)
+    types = mapped.subscribers.dtypes
+    assert str(types["graduation_year"]) == "Int64"
+    assert str(types["email_opt_out"]) == "bool" and str(types["delete"]) == "bool"
+    assert types["line_number"] == "int64"
+
+
+def test_email_is_trimmed_with_domain_lowercased_and_local_part_as_given():
+    mapped = _map(BASIC, ["A", "B", "  First.Last@Example.EDU "])
+    assert _one(mapped, "email") == "First.Last@example.edu"
+
+
+def test_subscriber_key_is_the_lowercased_email_when_email_is_the_identifier():
+    mapped = _map(BASIC, ["A", "B", "First.Last@Example.EDU"])
+    assert _one(mapped, "subscriber_key") == "first.last@example.edu"
+
+
+def test_user_id_not_in_email_format_is_prefixed_with_the_client_id():
+    mapped = _map(
+        [*BASIC, "student_id"], ["A", "B", "a@x.org", "u2765"], client=_client(identifier="user_id")
+    )
+    assert _one(mapped, "subscriber_key") == "22_u2765"
+    assert _one(mapped, "user_login") == "22_u2765"
+
+
+def test_user_login_in_email_format_is_stored_as_it_is():
+    mapped = _map(
+        [*BASIC, "sso_login_name"],
+        ["A", "B", "a@x.org", "JDoe@Sso.Example.edu"],
+        client=_client(identifier="user_login"),
+    )
+    assert _one(mapped, "subscriber_key") == "JDoe@Sso.Example.edu"
+    assert _one(mapped, "user_login") == "JDoe@Sso.Example.edu"
+
+
+def test_user_login_is_filled_from_the_login_column_when_email_is_the_identifier():
+    mapped = _map([*BASIC, "user_id", "login"], ["A", "B", "a@x.org", "111", "jdoe"])
+    assert _one(mapped, "user_login") == "22_jdoe"
+
+
+def test_user_login_falls_back_to_user_id_when_email_is_the_identifier():
+    mapped = _map([*BASIC, "user_id"], ["A", "B", "a@x.org", "111"])
+    assert _one(mapped, "user_login") == "22_111"
+
+
+def test_user_login_is_null_without_a_login_column():
+    assert _one(_map(BASIC, ["A", "B", "a@x.org"]), "user_login") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "year"),
+    [
+        ("2027", 2027),
+        ("2026-05-15", 2026),
+        ("2026-08-31", 2026),
+        ("2026-09-01", 2027),
+        ("8/31/2026", 2026),
+        ("9/1/2026", 2027),
+        ("12/31/2025", 2026),
+        ("2026-06-01T10:30:00", 2026),
+        ("2026-10-01 00:00", 2027),
+        ("5/20/2025 14:00", 2025),
+        ("6/1/2025 9:30 AM", 2025),
+    ],
+)
+def test_graduation_year_or_date_maps_to_a_class_year_with_the_31_august_cutoff(value, year):
+    assert _one(_map([*BASIC, "graduation"], ["A", "B", "a@x.org", value]), "graduation_year") == year
+
+
+def test_graduation_date_on_aug_31_maps_to_that_year():
+    assert _one(_map([*BASIC, "graduation"], ["A", "B", "a@x.org", "2025-08-31"]), "graduation_year") == 2025
+
+
+def test_graduation_date_after_aug_31_maps_to_next_year():
+    assert _one(_map([*BASIC, "graduation"], ["A", "B", "a@x.org", "2025-09-01"]), "graduation_year") == 2026
+
+
+@pytest.mark.parametrize("value", ["", "Fall 2026", "2026.0", "26", "2/30/2026", "2026-13-01"])
+def test_graduation_neither_year_nor_date_is_null(value):
+    assert _one(_map([*BASIC, "graduation"], ["A", "B", "a@x.org", value]), "graduation_year") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        ("yes", True),
+        ("YES", True),
+        (" True ", True),
+        ("tRuE", True),
+        ("0", False),
+        ("no", False),
+        ("y", False),
+        ("", False),
+        ("2", False),
+    ],
+)
+def test_flags_mean_yes_for_1_yes_true_in_any_case(value, expected):
+    mapped = _map([*BASIC, "opt_out", "delete_user"], ["A", "B", "a@x.org", value, value])
+    assert _one(mapped, "email_opt_out") is expected
+    assert _one(mapped, "delete") is expected
+
+
+def test_absent_flag_columns_mean_no():
+    mapped = _map(BASIC, ["A", "B", "a@x.org"])
+    assert _one(mapped, "email_opt_out") is False and _one(mapped, "delete") is False
+
+
+def test_user_type_maps_to_a_people_audience_community():
+    client = _client(user_types={"Graduate": "Graduate Students", "Grad": "Graduate Students"})
+    mapped = _map(
+        [*BASIC, "study_level"],
+        ["A", "B", "a@x.org", " graduate "],
+        ["C", "D", "c@x.org", "Alumni"],
+        client=client,
+    )
+    assert mapped.memberships.values.tolist() == [["a@x.org", "People/Audience", "Graduate Students"]]
+    assert mapped.subscribers["user_type"].tolist() == ["graduate", "Alumni"]
+
+
+def test_extra_field_values_split_trimmed_blanks_dropped_and_mapped_many_to_one():
+    client = _client(
+        extra_fields={
+            "Program": {
+                "group": "Programs",
+                "values": {"Bio": "Life Sciences", "Biology": "Life Sciences", "Chem": "Chemistry"},
+            }
+        }
+    )
+    mapped = _map([*BASIC, "program"], ["A", "B", "a@x.org", " bio ; ;BIOLOGY;Chem;Art;"], client=client)
+    assert sorted(mapped.memberships.values.tolist()) == [
+        ["a@x.org", "Programs", "Chemistry"],
+        ["a@x.org", "Programs", "Life Sciences"],
+    ]
+
+
+def test_each_extra_column_feeds_its_own_group():
+    client = _client(
+        extra_fields={
+            "program": {"group": "Programs", "values": {"Bio": "Biology"}},
+            "affinity": {"group": "Affinity", "values": {"Vet": "Veterans"}},
+        }
+    )
+    mapped = _map([*BASIC, "program", "affinity"], ["A", "B", "a@x.org", "Bio", "vet"], client=client)
+    assert sorted(mapped.memberships["community_group"]) == ["Affinity", "Programs"]
+
+
+def test_exactly_one_subscriber_row_per_key():
+    mapped = _map(BASIC, ["A", "B", "a@x.org"], ["C", "D", "A@x.org"], ["E", "F", "e@x.org"])
+    assert mapped.subscribers["subscriber_key"].tolist() == ["e@x.org"]
+    assert mapped.subscribers["subscriber_key"].is_unique
+
+
+def test_blank_names_are_null():
+    mapped = _map(BASIC, ["", " ", "a@x.org"])
+    assert _one(mapped, "first_name") is None and _one(mapped, "last_name") is None
+
+
+def test_protected_keys_cover_valid_and_rejected_rows():
+    mapped = _map(
+        BASIC, ["A", "B", "a@x.org"], ["C", "D", "dup@x.org"], ["E", "F", "DUP@x.org"], ["G", "H", "bad"]
+    )
+    assert set(mapped.protected_keys) == {"a@x.org", "dup@x.org", "bad"}
+
+
+def test_ignored_file_maps_to_empty_frames():
+    client = _client()
+    validated = validate_file(b"first_name,last_name\nA,B\n", client, "roster.csv")
+    mapped = map_file(validated, client)
+    assert validated.ignored
+    assert mapped.subscribers.empty and mapped.memberships.empty and mapped.protected_keys.empty
+    assert list(mapped.subscribers.columns) == list(SUBSCRIBER_COLUMNS)
+
+
+def test_login_already_carrying_the_prefix_is_prefixed_again_so_prefixing_stays_one_to_one():
+    mapped = _map(
+        [*BASIC, "user_id"],
+        ["A", "B", "a@x.org", "22_u1"],
+        ["C", "D", "c@x.org", "u1"],
+        client=_client(identifier="user_id"),
+    )
+    assert mapped.subscribers["subscriber_key"].tolist() == ["22_22_u1", "22_u1"]

@@ -1,0 +1,309 @@
+"""Validation (PRODUCT.md §3, row level and file-level columns): rejected rows, warnings, protected identities."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sis_pipeline.registry import ClientConfig
+from sis_pipeline.sisfile import validate_file
+from sis_pipeline.sisfile.result import REJECTED_COLUMNS
+
+
+def _client(**fields) -> ClientConfig:
+    return ClientConfig(id="22", name="Test School", bucket="sis-test-22", **fields)
+
+
+def _csv(header: list[str], *rows: list[str]) -> bytes:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+BASIC = ["first_name", "last_name", "email"]
+
+
+def _validate(data: bytes, client: ClientConfig | None = None):
+    return validate_file(data, client or _client(), "roster.csv")
+
+
+def _reasons(result) -> list[tuple[int, str | None, str]]:
+    rows = result.rejected.astype(object).where(result.rejected.notna(), None)
+    return [(int(r.line_number), r.column_name, r.reason_code) for r in rows.itertuples()]
+
+
+# --- file level ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", BASIC)
+def test_missing_core_column_makes_the_file_ignored(missing):
+    header = [c for c in BASIC if c != missing]
+    result = _validate(_csv(header, ["x"] * len(header)))
+    assert result.problem.code == "missing_column"
+    assert result.problem.column_name == missing and missing in result.problem.message
+    assert result.valid.empty and result.rejected.empty
+
+
+@pytest.mark.parametrize("identifier", ["user_id", "user_login"])
+def test_identifier_column_is_required_when_it_is_the_identifier(identifier):
+    result = _validate(_csv(BASIC, ["A", "B", "a@x.org"]), _client(identifier=identifier))
+    assert result.problem.code == "missing_column" and result.problem.column_name == identifier
+
+
+def test_graduation_is_required_with_class_year_tags():
+    result = _validate(_csv(BASIC, ["A", "B", "a@x.org"]), _client(class_year_tags=True))
+    assert result.problem.code == "missing_column" and result.problem.column_name == "graduation"
+
+
+def test_ignored_file_has_empty_frames_and_the_problem():
+    result = _validate(b"first_name,last_name,email\n")
+    assert result.ignored and result.problem.code == "no_data"
+    assert result.valid.empty and result.rejected.empty and result.protected_keys.empty
+    assert list(result.rejected.columns) == list(REJECTED_COLUMNS)
+
+
+def test_unmapped_extra_column_is_ignored_with_a_file_level_warning():
+    result = _validate(_csv([*BASIC, "Favourite Colour"], ["A", "B", "a@x.org", "blue"]))
+    assert "favourite_colour" not in result.valid.columns
+    assert [(w.code, w.column_name) for w in result.warnings] == [("unmapped_column", "favourite_colour")]
+
+
+def test_mapped_extra_column_is_kept():
+    client = _client(extra_fields={"Program": {"group": "Programs", "values": {"Bio": "Biology"}}})
+    result = _validate(_csv([*BASIC, "program"], ["A", "B", "a@x.org", "Bio"]), client)
+    assert result.valid["program"].tolist() == ["Bio"] and result.warnings == []
+
+
+# --- row level -------------------------------------------------------------------------------------------
+
+
+def test_valid_rows_keep_trimmed_canonical_columns_and_line_numbers():
+    result = _validate(_csv(["First Name", "Email Address", "Last Name"], [" A ", " a@x.org ", "B"]))
+    assert result.valid.to_dict("records") == [
+        {"first_name": "A", "email": "a@x.org", "last_name": "B", "line_number": 2}
+    ]
+    assert result.rows_total == 1 and result.rows_valid == 1 and result.rows_rejected == 0
+
+
+def test_wrong_field_count_is_rejected_as_a_whole_row():
+    result = _validate(b"first_name,last_name,email\nA,B,a@x.org\nC,D,,c@x.org\n")
+    assert _reasons(result) == [(3, None, "field_count")]
+    assert result.valid["email"].tolist() == ["a@x.org"]
+
+
+def test_blank_email_is_rejected():
+    result = _validate(_csv(BASIC, ["A", "B", "  "], ["C", "D", "c@x.org"]))
+    assert _reasons(result) == [(2, "email", "blank_email")]
+    assert result.valid["line_number"].tolist() == [3]
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "plain",
+        "a@b",
+        "a@@x.org",
+        "a b@x.org",
+        "@x.org",
+        "a@x.",
+        "a@-x.org",
+        "a..b@x.org",
+        ".a@x.org",
+        "a@x.o",
+    ],
+)
+def test_invalid_email_is_rejected(email):
+    result = _validate(_csv(BASIC, ["A", "B", email]))
+    assert _reasons(result) == [(2, "email", "invalid_email")]
+
+
+@pytest.mark.parametrize(
+    "email", ["a@x.org", "First.Last+tag@Sub.Example.EDU", "o'neil@x.co.uk", "a_b-c@x-y.io", "u1@x.museum"]
+)
+def test_valid_email_is_accepted(email):
+    assert _validate(_csv(BASIC, ["A", "B", email])).rejected.empty
+
+
+@pytest.mark.parametrize("identifier", ["user_id", "user_login"])
+def test_blank_identifier_is_rejected_when_it_is_the_identifier(identifier):
+    result = _validate(
+        _csv([*BASIC, identifier], ["A", "B", "a@x.org", ""], ["C", "D", "c@x.org", "u2"]),
+        _client(identifier=identifier),
+    )
+    assert _reasons(result) == [(2, identifier, "blank_identifier")]
+
+
+def test_blank_user_id_is_fine_when_email_is_the_identifier():
+    assert _validate(_csv([*BASIC, "user_id"], ["A", "B", "a@x.org", ""])).rejected.empty
+
+
+@pytest.mark.parametrize("cell", ["Graduate;Alumni", "Graduate ; Alumni;", " a;b;c "])
+def test_more_than_one_user_type_is_rejected(cell):
+    result = _validate(_csv([*BASIC, "study_level"], ["A", "B", "a@x.org", cell]))
+    assert _reasons(result) == [(2, "user_type", "multiple_user_types")]
+
+
+@pytest.mark.parametrize("cell", ["Graduate", "Graduate;", " ; Graduate ;", ""])
+def test_one_user_type_with_stray_separators_is_accepted(cell):
+    assert _validate(_csv([*BASIC, "user_type"], ["A", "B", "a@x.org", cell])).rejected.empty
+
+
+def test_duplicate_email_rejects_every_copy_case_insensitively():
+    result = _validate(
+        _csv(
+            BASIC, ["A", "B", "a@x.org"], ["C", "D", "c@x.org"], ["E", "F", "A@X.ORG"], ["G", "H", "a@x.org"]
+        )
+    )
+    assert _reasons(result) == [
+        (2, "email", "duplicate"),
+        (4, "email", "duplicate"),
+        (5, "email", "duplicate"),
+    ]
+    assert result.valid["line_number"].tolist() == [3]
+    assert "3 rows" in result.rejected["message"].iloc[0] and "line 2" in result.rejected["message"].iloc[0]
+
+
+def test_duplicate_identifier_rejects_every_copy():
+    result = _validate(
+        _csv([*BASIC, "student_id"], ["A", "B", "a@x.org", "u1"], ["C", "D", "c@x.org", "u1"]),
+        _client(identifier="user_id"),
+    )
+    assert _reasons(result) == [(2, "user_id", "duplicate"), (3, "user_id", "duplicate")]
+
+
+def test_row_sharing_the_login_of_another_row_is_a_duplicate_even_when_email_is_the_identifier():
+    result = _validate(
+        _csv(
+            [*BASIC, "login"],
+            ["A", "B", "a@x.org", "jdoe"],
+            ["C", "D", "c@x.org", "jdoe"],
+            ["E", "F", "e@x.org", ""],
+            ["G", "H", "g@x.org", ""],
+        )
+    )
+    assert _reasons(result) == [(2, "user_login", "duplicate"), (3, "user_login", "duplicate")]
+
+
+def test_each_failure_is_one_rejected_row_and_a_line_counts_once():
+    result = _validate(_csv([*BASIC, "user_type"], ["A", "B", "bad", "x;y"]))
+    assert _reasons(result) == [(2, "email", "invalid_email"), (2, "user_type", "multiple_user_types")]
+    assert result.rows_rejected == 1
+    assert result.rejected_by_reason() == {"invalid_email": 1, "multiple_user_types": 1}
+
+
+def test_messages_never_contain_personal_values():
+    result = _validate(
+        _csv(
+            [*BASIC, "user_id"],
+            ["Alice", "Zed", "alice.zed@", "u-secret-1"],
+            ["Bo", "Yu", "bo@x.org", "u-secret-2"],
+            ["Bo", "Yu", "BO@x.org", "u-secret-3"],
+        ),
+    )
+    text = " ".join(result.rejected["message"].tolist())
+    for personal in ("Alice", "Zed", "alice", "bo@x.org", "BO@x.org", "u-secret"):
+        assert personal not in text
+
+
+# --- warnings --------------------------------------------------------------------------------------------
+
+
+def test_bad_graduation_values_warn_with_counts_per_value():
+    result = _validate(
+        _csv(
+            [*BASIC, "class_year"],
+            ["A", "B", "a@x.org", "Fall"],
+            ["C", "D", "c@x.org", "Fall"],
+            ["E", "F", "e@x.org", "2026"],
+            ["G", "H", "g@x.org", "13/1/2025"],
+        )
+    )
+    assert result.rejected.empty
+    counts = {(w.code, w.value): w.count for w in result.warnings}
+    assert counts == {("graduation_invalid", "Fall"): 2, ("graduation_invalid", "13/1/2025"): 1}
+    assert result.rows_warned == 3
+
+
+def test_unmapped_user_type_warns_with_counts_when_the_client_maps_user_types():
+    client = _client(user_types={"Graduate": "Graduate Students"})
+    result = _validate(
+        _csv(
+            [*BASIC, "user_type"],
+            ["A", "B", "a@x.org", "graduate"],
+            ["C", "D", "c@x.org", "Alumni"],
+            ["E", "F", "e@x.org", "Alumni"],
+        ),
+        client,
+    )
+    assert [(w.code, w.value, w.count) for w in result.warnings] == [("user_type_unmapped", "Alumni", 2)]
+    assert result.rows_warned == 2
+
+
+def test_unmapped_extra_field_values_warn_with_counts():
+    client = _client(extra_fields={"program": {"group": "Programs", "values": {"Bio": "Biology"}}})
+    result = _validate(
+        _csv([*BASIC, "program"], ["A", "B", "a@x.org", "bio;Art;Art"], ["C", "D", "c@x.org", "Art; Music"]),
+        client,
+    )
+    assert sorted((w.value, w.count) for w in result.warnings) == [("Art", 2), ("Music", 1)]
+    assert {w.code for w in result.warnings} == {"extra_value_unmapped"}
+
+
+def test_mapped_column_missing_from_the_file_warns():
+    client = _client(extra_fields={"program": {"group": "Programs"}})
+    result = _validate(_csv(BASIC, ["A", "B", "a@x.org"]), client)
+    assert [(w.code, w.column_name) for w in result.warnings] == [("mapped_column_missing", "program")]
+
+
+# --- protected identities --------------------------------------------------------------------------------
+
+
+def test_protected_keys_include_valid_and_rejected_identities():
+    result = _validate(
+        _csv(
+            BASIC,
+            ["A", "B", "a@x.org"],
+            ["C", "D", "Not-An-Email"],
+            ["E", "F", "D@x.org"],
+            ["G", "H", "d@X.org"],
+        )
+    )
+    assert set(result.protected_keys) == {"a@x.org", "not-an-email", "d@x.org"}
+
+
+def test_rejected_row_protects_its_identifier_as_stored():
+    result = _validate(
+        _csv([*BASIC, "user_id"], ["A", "B", "", "u1"], ["C", "D", "c@x.org", "u2"]),
+        _client(identifier="user_id"),
+    )
+    assert {"22_u1", "22_u2"} <= set(result.protected_keys)
+
+
+def test_wrong_field_count_row_protects_every_field_as_a_candidate_key():
+    result = _validate(
+        b"first_name,last_name,email,user_id\nA,B,a@x.org,u1\nC,D,E,C@x.org,u2\n",
+        _client(identifier="user_id"),
+    )
+    keys = set(result.protected_keys)
+    assert {"22_u1", "C@x.org", "c@x.org", "22_u2", "u2"} <= keys
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_validate_file_never_raises_for_any_bytes(data):
+    result = validate_file(b"first_name,last_name,email\n" + data, _client(), "fuzz.csv")
+    assert result.ignored or result.rows_total == result.rows_valid + result.rows_rejected
+
+
+def test_log_lines_carry_counts_not_personal_values(caplog):
+    caplog.set_level("DEBUG", logger="sis_pipeline")
+    _validate(_csv(BASIC, ["Alice", "Zed", "alice@x.org"], ["Bob", "Yu", "bad-address"]))
+    assert "2 rows, 1 valid, 1 rejected" in caplog.text
+    for personal in ("Alice", "Zed", "alice@x.org", "Bob", "bad-address"):
+        assert personal not in caplog.text
