@@ -85,7 +85,17 @@ def _run_phase(phase: str, ctx: BenchContext) -> dict:
     ctx_path.write_text(ctx.to_json())
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "benchmarks.run", "--_child", phase, str(ctx_path), str(result_path)]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        proc = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=ctx.timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        (work / f"{phase}.log").write_text(f"{exc.stdout or ''}{exc.stderr or ''}")
+        return {"failed": f"{phase} timed out after {ctx.timeout:.0f} s; see {work / (phase + '.log')}"}
     (work / f"{phase}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not result_path.exists():
         tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ["no output"]
@@ -256,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", help=f"comma-separated subset of: {', '.join(CASES)}")
     parser.add_argument("--naive-sample", type=int, default=100_000, help="rows the naive case really runs")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase of a case may take")
     args = parser.parse_args(argv)
 
     selected = args.cases.split(",") if args.cases else list(CASES)
@@ -275,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         postgres_url=args.postgres,
         naive_sample_rows=args.naive_sample,
+        timeout=args.timeout,
     )
     started = time.perf_counter()
     week1, week2 = generate_pair(out / "files", args.rows, args.seed)

@@ -286,7 +286,7 @@ def _import(
             status="failed",
             file=None,
             validated=None,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             message=str(error),
         )
         raise Failure(f"{error} (sync {outcome.sync_id})") from error
@@ -311,7 +311,7 @@ def _import(
             status="unchanged",
             file=file.version,
             validated=None,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             message="file identical to the last applied one (sha256); nothing to do",
         )
         context.log.info(f"client {client.id}: unchanged file, sync {outcome.sync_id}")
@@ -336,7 +336,7 @@ def _import(
             status="ignored",
             file=file.version,
             validated=validated,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             message=validated.problem.message,
         )
         message = f"client {client.id}: file ignored (sync {outcome.sync_id}): {validated.problem.message}"
@@ -352,7 +352,7 @@ def _import(
 
     t = time.perf_counter()
     progress.stage = "planning the sync"
-    plan = store.preview(mapped, client, override_guard=config.override_guard)
+    plan = store.preview(mapped, client, override_guard=config.override_guard, file=file.version)
     timings["plan"] = time.perf_counter() - t
     counts = plan.counts()
     guard = plan.guard
@@ -381,7 +381,7 @@ def _import(
             status="preview",
             file=file.version,
             validated=validated,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             message="preview: " + ("dry run" if config.dry_run else "nothing written"),
             plan=plan,
         )
@@ -395,9 +395,10 @@ def _import(
         validated=validated,
         mapped=mapped,
         file=file.version,
-        run_id=context.run_id,
+        run_id=context.run.run_id,
         force=config.force,
         override_guard=config.override_guard,
+        planned=plan,
     )
     timings["apply"] = time.perf_counter() - t
     context.log.info(f"client {client.id}: sync {outcome.sync_id} {outcome.status}: {outcome.counts}")
@@ -467,7 +468,7 @@ def build_import_assets(partitions_def: PartitionsDefinition):
                     status="failed",
                     file=None,
                     validated=None,
-                    run_id=context.run_id,
+                    run_id=context.run.run_id,
                     message=f"failed while {progress.stage}: {type(error).__name__} (see the run's event log)",
                 )
                 context.log.error(f"client {client.id}: sync {outcome.sync_id} failed while {progress.stage}")

@@ -87,6 +87,10 @@ class SyncPlan:
     missing_counted: bool = (
         True  # False when this file already counted towards missing_count (forced re-apply)
     )
+    basis: int | None = (
+        None  # the client's last applied sync_id when the plan was read (set by the warehouse)
+    )
+    override_guard: bool = False  # whether the plan was built with the guard overridden
 
     def __repr__(self) -> str:
         return f"SyncPlan(client_id={self.client_id!r}, {self.summary()}, guard_blocked={self.guard.blocked})"
@@ -341,6 +345,10 @@ def build_sync_plan(
         present = in_file.copy()
         protected = cur_index.get_indexer(pd.Series(mapped.protected_keys, dtype="string"))
         present[protected[protected >= 0]] = True
+        if client.identifier != "email":
+            # A row rejected for a blank user_id/user_login still names its user by email: protect them.
+            emails = cur["email"].str.lower()
+            present |= emails.isin(pd.Index(mapped.protected_keys)).fillna(False).to_numpy(bool)
         absent = cur.loc[(cur["status"] == ACTIVE).fillna(False).to_numpy(bool) & ~present]
         absent = absent[["subscriber_key", "missing_count"]].assign(missing_count=absent["missing_count"] + 1)
         reached = absent["missing_count"] >= client.deprovision_after_missing_files

@@ -18,8 +18,17 @@ POSTGRES_URL_ENV = "SIS_TEST_POSTGRES_URL"
 def _isolated_environment(tmp_path, monkeypatch):
     """Every test gets its own data folder and no stray AWS or SIS settings from the developer's shell."""
     monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path / "data"))
-    for name in ("SIS_WAREHOUSE_URL", "SIS_CLIENTS_FILE", "SIS_S3_ENDPOINT_URL", "SIS_IAM_ENDPOINT_URL",
-                 "SIS_SQS_ENDPOINT_URL", "SIS_ARCHIVE_URI", "SIS_EVENTS_QUEUE_URL", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+    for name in (
+        "SIS_WAREHOUSE_URL",
+        "SIS_CLIENTS_FILE",
+        "SIS_S3_ENDPOINT_URL",
+        "SIS_IAM_ENDPOINT_URL",
+        "SIS_SQS_ENDPOINT_URL",
+        "SIS_ARCHIVE_URI",
+        "SIS_EVENTS_QUEUE_URL",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -64,7 +73,9 @@ def unique_bucket() -> str:
 def postgres_url_or_skip() -> str:
     url = os.environ.get(POSTGRES_URL_ENV, "").strip()
     if not url:
-        pytest.skip(f"PostgreSQL tests need {POSTGRES_URL_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_URL_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+        )
     return url
 
 

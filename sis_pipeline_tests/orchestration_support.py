@@ -105,7 +105,9 @@ class Harness:
         return self.warehouse().sync_log(client_id, limit=50)
 
 
-def run_backfill(harness: Harness, instance: DagsterInstance, partitions: list[str], timeout: float = 240) -> list[str]:
+def run_backfill(
+    harness: Harness, instance: DagsterInstance, partitions: list[str], timeout: float = 240
+) -> list[str]:
     """A real partition backfill: Dagster's CLI queues one run per client, Dagster's daemon runs them."""
     import os
     import subprocess
@@ -125,13 +127,31 @@ def run_backfill(harness: Harness, instance: DagsterInstance, partitions: list[s
     }
     bin_dir = Path(sys.executable).parent
     subprocess.run(
-        [str(bin_dir / "dagster"), "job", "backfill", "-w", str(root / "workspace.yaml"), "-j", JOB_NAME,
-         "--partitions", ",".join(partitions), "--noprompt"],
-        env=env, cwd=root, check=True, capture_output=True, text=True, timeout=timeout,
+        [
+            str(bin_dir / "dagster"),
+            "job",
+            "backfill",
+            "-w",
+            str(root / "workspace.yaml"),
+            "-j",
+            JOB_NAME,
+            "--partitions",
+            ",".join(partitions),
+            "--noprompt",
+        ],
+        env=env,
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     daemon = subprocess.Popen(
         [str(bin_dir / "dagster-daemon"), "run", "-w", str(root / "workspace.yaml")],
-        env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + timeout

@@ -205,7 +205,9 @@ def test_backfill_over_two_clients_runs_each_partition(harness, dagster_instance
     assert _statuses(harness, "41") == ["applied"]
 
 
-def test_unexpected_error_is_logged_failed_naming_the_stage_not_the_data(harness, dagster_instance, monkeypatch):
+def test_unexpected_error_is_logged_failed_naming_the_stage_not_the_data(
+    harness, dagster_instance, monkeypatch
+):
     import sis_pipeline.assets as assets
 
     def broken_mapping(validated, client):

@@ -74,7 +74,9 @@ def test_sync_force_and_log(harness, cli_env):
     assert forced.returncode == 0
     log = _cli(["log", "--client", "22"], cli_env)
     assert log.returncode == 0
-    statuses = [line.split()[2] for line in log.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
+    statuses = [
+        line.split()[2] for line in log.stdout.splitlines() if line.split() and line.split()[0].isdigit()
+    ]
     assert statuses == ["applied", "unchanged", "applied"]
 
 

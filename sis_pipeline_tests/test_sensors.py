@@ -126,7 +126,7 @@ def test_events_mode_reads_s3_notifications_from_sqs(harness, dagster_instance, 
 def test_events_mode_takes_only_the_latest_of_several_uploads_per_client(
     harness, dagster_instance, moto_endpoint
 ):
-    sqs, queue_url, arn = _events_harness(harness, moto_endpoint)
+    _sqs, _queue_url, arn = _events_harness(harness, moto_endpoint)
     harness.add_client("22", sync="on_upload")
     harness.s3.put_bucket_notification_configuration(
         Bucket=harness.bucket("22"),

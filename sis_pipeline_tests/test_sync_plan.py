@@ -93,6 +93,20 @@ def test_protected_identity_is_never_missing():
     assert plan.counts()["missing"] == 0
 
 
+def test_user_rejected_for_blank_identifier_is_protected_by_email():
+    # identifier user_id: the stored key is the prefixed id, but the rejected row only had an email
+    cfg = client(auto_deprovision=True, identifier="user_id")
+    keep = stored_person(2, subscriber_key="22_u2", user_login="22_u2")
+    plan = plan_for(
+        cfg,
+        [person(1, subscriber_key="22_u1", user_login="22_u1")],
+        [stored_person(1, subscriber_key="22_u1", user_login="22_u1"), keep],
+        protected=["22_u1", "student2@school.edu"],
+    )
+    assert plan.counts()["deprovisioned"] == 0
+    assert plan.counts()["missing"] == 0
+
+
 def test_only_active_users_count_towards_missing():
     cfg = client(auto_deprovision=True)
     plan = plan_for(

@@ -435,3 +435,30 @@ def test_current_subscribers_match_the_plan_columns(warehouse):
     current = warehouse.current_subscribers("22")
     assert list(current.columns) == list(sync_plan.CURRENT_COLUMNS)
     assert current["subscriber_key"].tolist() == ["student1@school.edu"]
+
+
+def test_a_previewed_plan_is_reused_when_nothing_was_applied_since(warehouse, monkeypatch):
+    cfg = client()
+    SyncFile(cfg, [person(1), person(2)]).apply(warehouse)
+    second = SyncFile(cfg, [person(1), person(3)])
+    planned = warehouse.preview(second.mapped, cfg, file=second.version)
+    calls = []
+    original = store.build_sync_plan
+    monkeypatch.setattr(store, "build_sync_plan", lambda *a, **k: calls.append(1) or original(*a, **k))
+    outcome = second.apply(warehouse, planned=planned)
+    assert calls == []  # the preview's plan was applied, not planned again
+    assert outcome.counts["inserted"] == 1
+
+
+def test_a_stale_previewed_plan_is_planned_again_under_the_lock(warehouse):
+    cfg = client(auto_deprovision=True, guard={"max_fraction": 1.0, "min_active": 0})
+    SyncFile(cfg, [person(1), person(2)]).apply(warehouse)
+    late = SyncFile(cfg, [person(1), person(2), person(3)])
+    planned = warehouse.preview(late.mapped, cfg, file=late.version)  # plans person 3 as an insert
+    SyncFile(cfg, [person(1), person(2), person(3)], sha256="f" * 64).apply(
+        warehouse
+    )  # someone else got there
+    outcome = late.apply(warehouse, planned=planned)
+    assert outcome.status == "applied"
+    assert outcome.counts["inserted"] == 0 and outcome.counts["unchanged_rows"] == 3
+    assert set(stored(warehouse)["status"]) == {"active"}

@@ -44,8 +44,6 @@ def person(n: int, **overrides: Any) -> dict[str, Any]:
     }
     row.update(overrides)
     row.setdefault("subscriber_key", row["email"].lower())
-    if "subscriber_key" not in overrides:
-        row["subscriber_key"] = row["email"].lower()
     return row
 
 

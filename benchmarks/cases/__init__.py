@@ -111,6 +111,7 @@ class BenchContext:
     postgres_url: str | None = None
     s3_endpoint: str | None = None
     naive_sample_rows: int = 100_000
+    timeout: float = 1800.0  # seconds each phase may take before it is reported as timed out
     env: dict[str, str] = field(default_factory=dict)
 
     def files(self) -> tuple[FileStats, FileStats]:

@@ -93,8 +93,9 @@ class Warehouse:
         _check_client(mapped, client)
         with read_transaction(self.engine) as conn:
             writer = writer_for(conn)
-            same_file = file is not None and _last_applied_sha256(conn, client.id) == file.sha256
-            return build_sync_plan(
+            basis, last_sha = _last_applied(conn, client.id)
+            same_file = file is not None and last_sha == file.sha256
+            plan = build_sync_plan(
                 mapped,
                 writer.read_subscribers(client.id),
                 client,
@@ -102,6 +103,8 @@ class Warehouse:
                 current_memberships=writer.read_memberships(client.id),
                 count_missing=not same_file,
             )
+        plan.basis, plan.override_guard = basis, override_guard
+        return plan
 
     def sync_log(self, client_id: str | None = None, limit: int = 20) -> pd.DataFrame:
         """The most recent sync log rows, newest first."""
@@ -140,8 +143,12 @@ class Warehouse:
         run_id: str | None,
         force: bool = False,
         override_guard: bool = False,
+        planned: SyncPlan | None = None,
     ) -> SyncOutcome:
         """Apply the file to the client's rows in one transaction under the client's lock.
+
+        `planned` is a plan from `preview` of this same file; it is used as is when no sync was applied to
+        the client since it was read (saving a second read of the client's rows), else planned again.
 
         Under the lock: an unchanged file (same sha256 as the last applied one) only logs `unchanged` unless
         `force`; a plan that trips the guard only logs `blocked` unless `override_guard`; otherwise every
@@ -171,6 +178,7 @@ class Warehouse:
                     started,
                     force=force,
                     override_guard=override_guard,
+                    planned=planned,
                 )
         except Exception as exc:
             self._record_failure(client.id, file, validated, run_id, started, exc, force, override_guard)
@@ -188,11 +196,12 @@ class Warehouse:
         *,
         force: bool,
         override_guard: bool,
+        planned: SyncPlan | None = None,
     ) -> SyncOutcome:
         common = dict(
             client_id=client.id, file=file, validated=validated, run_id=run_id, started=started, forced=force
         )
-        last_sha = _last_applied_sha256(conn, client.id)
+        basis, last_sha = _last_applied(conn, client.id)
         same_file = last_sha == file.sha256
         if same_file and not force:
             message = "file unchanged since the last applied sync; nothing written"
@@ -201,14 +210,24 @@ class Warehouse:
             return SyncOutcome(sync_id, client.id, "unchanged", _zero_counts(), message)
 
         writer = writer_for(conn)
-        plan = build_sync_plan(
-            mapped,
-            writer.read_subscribers(client.id),
-            client,
-            override_guard=override_guard,
-            current_memberships=writer.read_memberships(client.id),
-            # A forced re-apply of the same file changes nothing: it already counted towards missing_count.
-            count_missing=not same_file,
+        reusable = (
+            planned is not None
+            and planned.basis == basis
+            and planned.override_guard == override_guard
+            and planned.missing_counted == (not same_file)
+        )
+        plan = (
+            planned
+            if reusable
+            else build_sync_plan(
+                mapped,
+                writer.read_subscribers(client.id),
+                client,
+                override_guard=override_guard,
+                current_memberships=writer.read_memberships(client.id),
+                # A forced re-apply of the same file changes nothing: it already counted towards missing_count.
+                count_missing=not same_file,
+            )
         )
         if plan.guard.blocked:
             message = (
@@ -319,15 +338,21 @@ def _check_client(mapped: MappedFile, client: ClientConfig) -> None:
         raise ValueError(f"mapped file is for client {mapped.client_id!r}, not {client.id!r}")
 
 
-def _last_applied_sha256(conn: sa.Connection, client_id: str) -> str | None:
+def _last_applied(conn: sa.Connection, client_id: str) -> tuple[int | None, str | None]:
+    """(sync_id, sha256) of the client's most recently applied sync, or (None, None)."""
     t = sis_sync_log
     query = (
-        sa.select(t.c.sha256)
+        sa.select(t.c.sync_id, t.c.sha256)
         .where(t.c.client_id == client_id, t.c.status == "applied")
         .order_by(t.c.sync_id.desc())
         .limit(1)
     )
-    return conn.execute(query).scalar()
+    row = conn.execute(query).first()
+    return (row.sync_id, row.sha256) if row is not None else (None, None)
+
+
+def _last_applied_sha256(conn: sa.Connection, client_id: str) -> str | None:
+    return _last_applied(conn, client_id)[1]
 
 
 def _insert_log(
