@@ -6,6 +6,8 @@ loads (see `sis_pipeline.settings`), so an unset variable means "the embedded de
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 from dagster import ConfigurableResource
@@ -16,6 +18,23 @@ from sis_pipeline import settings
 from sis_pipeline.registry import Registry, load_registry
 from sis_pipeline.s3 import Archive
 
+# Per-process caches. Dagster builds resources afresh for every run; a worker process that executes many
+# runs (the code server, `sync --workers`) would otherwise re-parse the registry, reconnect and re-check
+# migrations, and rebuild boto3 clients each time: most of a small run's cost.
+_REGISTRIES: dict[tuple[str, int, int], Registry] = {}
+_WAREHOUSES: dict[str, Any] = {}
+_S3_CLIENTS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    # A forked worker must not share the parent's database connections or HTTP pools.
+    _WAREHOUSES.clear()
+    _S3_CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
 
 class RegistryResource(ConfigurableResource):
     """The client registry (`clients.yaml`)."""
@@ -23,24 +42,50 @@ class RegistryResource(ConfigurableResource):
     path: str = Field(description="Path of clients.yaml (SIS_CLIENTS_FILE).")
 
     def load(self) -> Registry:
-        return load_registry(self.path)
+        """The registry as the file is now (re-read whenever the file changes)."""
+        stat = os.stat(self.path)
+        key = (str(self.path), stat.st_mtime_ns, stat.st_size)
+        with _LOCK:
+            if key not in _REGISTRIES:
+                _REGISTRIES.clear()
+                _REGISTRIES[key] = load_registry(self.path)
+            return _REGISTRIES[key]
 
 
 class WarehouseResource(ConfigurableResource):
     """The subscriber warehouse, by SQLAlchemy URL (SIS_WAREHOUSE_URL; default a SQLite file)."""
 
     url: str = Field(description="SQLAlchemy URL of the warehouse.")
-    _warehouse: Any = PrivateAttr(default=None)
 
     def get(self):
-        """The Warehouse, migrated to the current schema (upgrade is idempotent and cheap when current)."""
-        if self._warehouse is None:
-            from sis_pipeline.warehouse import Warehouse
+        """The Warehouse, migrated to the current schema once per process."""
+        with _LOCK:
+            if self.url not in _WAREHOUSES:
+                from sis_pipeline.warehouse import Warehouse
 
-            warehouse = Warehouse(self.url)
-            warehouse.upgrade()
-            self._warehouse = warehouse
-        return self._warehouse
+                warehouse = Warehouse(self.url)
+                warehouse.upgrade()
+                _WAREHOUSES[self.url] = warehouse
+            return _WAREHOUSES[self.url]
+
+
+class SisS3Resource(S3Resource):
+    """dagster-aws' `S3Resource` whose boto3 client is built once per process and configuration.
+
+    Building a client loads botocore's JSON models (about 0.3 s); Dagster asks for one per run, and a
+    worker executing hundreds of small runs spends more on that than on the import. boto3 clients are
+    thread-safe, so one is shared.
+    """
+
+    def get_client(self) -> Any:
+        key = self.model_dump_json()
+        with _LOCK:
+            if key not in _S3_CLIENTS:
+                _S3_CLIENTS[key] = super().get_client()
+            return _S3_CLIENTS[key]
+
+    def get_object_to_set_on_execution_context(self) -> Any:
+        return self.get_client()
 
 
 class ArchiveResource(ConfigurableResource):
@@ -74,7 +119,7 @@ class EventQueueResource(ConfigurableResource):
 def default_resources() -> dict[str, Any]:
     """Resources from the environment, as the code location and the CLI use them."""
     return {
-        "s3": S3Resource(endpoint_url=settings.s3_endpoint_url(), region_name="us-east-1"),
+        "s3": SisS3Resource(endpoint_url=settings.s3_endpoint_url(), region_name="us-east-1"),
         "registry": RegistryResource(path=str(settings.clients_file())),
         "warehouse": WarehouseResource(url=settings.warehouse_url()),
         "archive": ArchiveResource(uri=settings.archive_uri()),

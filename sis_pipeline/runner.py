@@ -61,34 +61,45 @@ class ClientRun:
     message: str
 
 
+_INSTANCE = None
+_JOBS: dict[frozenset, object] = {}  # job subsets by asset selection, built once per process
+
+
+def _instance():
+    """This process's Dagster instance (under DAGSTER_HOME), opened once: workers run many clients."""
+    global _INSTANCE
+    if _INSTANCE is None:
+        from dagster import DagsterInstance
+
+        _INSTANCE = DagsterInstance.get()
+    return _INSTANCE
+
+
 def run_client(
     client_id: str, *, force: bool, override_guard: bool, dry_run: bool, version_id: str | None
 ) -> ClientRun:
     """Execute one client's import as a Dagster run in this process; return its sync-log outcome."""
-    from dagster import DagsterInstance
-
     from sis_pipeline.assets import CLIENT_TAG, selection_for
     from sis_pipeline.definitions import defs, registry
 
     client = registry[client_id]
-    job = defs.resolve_job_def("sis_import_job").get_subset(
-        asset_selection=set(selection_for(client, preview=dry_run))
-    )
+    selection = frozenset(selection_for(client, preview=dry_run))
+    if selection not in _JOBS:
+        _JOBS[selection] = defs.resolve_job_def("sis_import_job").get_subset(asset_selection=set(selection))
     config = {"force": force, "override_guard": override_guard, "dry_run": dry_run}
     if version_id:
         config["version_id"] = version_id
-    with DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=client_id,
-            run_config={
-                "ops": {"sis_import": {"config": config}},
-                # The console shows warnings and errors only; every event is still in the instance's log.
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            },
-            tags={CLIENT_TAG: client_id, "sis/trigger": "cli"},
-            raise_on_error=False,
-        )
+    result = _JOBS[selection].execute_in_process(
+        instance=_instance(),
+        partition_key=client_id,
+        run_config={
+            "ops": {"sis_import": {"config": config}},
+            # The console shows warnings and errors only; every event is still in the instance's log.
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        },
+        tags={CLIENT_TAG: client_id, "sis/trigger": "cli"},
+        raise_on_error=False,
+    )
     row = _log_row_for_run(client_id, result.run_id)
     if row is None:
         failure = next((e for e in result.all_events if e.is_failure), None)
@@ -97,10 +108,14 @@ def run_client(
     return ClientRun(client_id, result.run_id, result.success, str(row["status"]), str(row["message"] or ""))
 
 
-def _log_row_for_run(client_id: str, run_id: str):
-    from sis_pipeline.warehouse import Warehouse
+def _warehouse():
+    from sis_pipeline.resources import WarehouseResource
 
-    log = Warehouse(settings.warehouse_url()).sync_log(client_id, limit=20)
+    return WarehouseResource(url=settings.warehouse_url()).get()
+
+
+def _log_row_for_run(client_id: str, run_id: str):
+    log = _warehouse().sync_log(client_id, limit=20)
     rows = log[log["run_id"] == run_id]
     return rows.iloc[0] if len(rows) else None
 
@@ -121,9 +136,7 @@ def run_clients(
 ) -> list[ClientRun]:
     """Run each client's import; many clients run in worker processes, each a separate Dagster run."""
     ensure_dagster_home()
-    from sis_pipeline.warehouse import Warehouse
-
-    Warehouse(settings.warehouse_url()).upgrade()  # once, before workers race to do it
+    _warehouse()  # migrate once, before workers race to do it
     options = {"force": force, "override_guard": override_guard, "dry_run": dry_run, "version_id": version_id}
     results: list[ClientRun] = []
     total = len(client_ids)
@@ -195,10 +208,8 @@ def run_sync_command(args: argparse.Namespace) -> int:
 
 
 def print_sync_results(results: Iterable[ClientRun], out=sys.stdout) -> None:
-    from sis_pipeline.warehouse import Warehouse
-
     results = list(results)
-    log = Warehouse(settings.warehouse_url()).sync_log(None, limit=max(50, 5 * len(results)))
+    log = _warehouse().sync_log(None, limit=max(50, 5 * len(results)))
     run_ids = {r.run_id for r in results}
     print("", file=out)
     print_log(log[log["run_id"].isin(run_ids)].sort_values("sync_id"), out=out)

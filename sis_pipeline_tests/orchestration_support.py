@@ -10,11 +10,16 @@ from typing import Any
 
 import yaml
 from dagster import DagsterInstance, Definitions
-from dagster_aws.s3 import S3Resource
 
 from sis_pipeline.location import JOB_NAME, build_definitions
 from sis_pipeline.registry import load_registry
-from sis_pipeline.resources import ArchiveResource, EventQueueResource, RegistryResource, WarehouseResource
+from sis_pipeline.resources import (
+    ArchiveResource,
+    EventQueueResource,
+    RegistryResource,
+    SisS3Resource,
+    WarehouseResource,
+)
 
 HEADER = ["first_name", "last_name", "email", "user_type"]
 
@@ -73,7 +78,7 @@ class Harness:
 
     def resources(self) -> dict[str, Any]:
         return {
-            "s3": S3Resource(endpoint_url=self.endpoint, region_name="us-east-1"),
+            "s3": SisS3Resource(endpoint_url=self.endpoint, region_name="us-east-1"),
             "registry": RegistryResource(path=str(self.registry_path)),
             "warehouse": WarehouseResource(url=self.warehouse_url or f"sqlite:///{self.tmp / 'wh.sqlite'}"),
             "archive": ArchiveResource(uri=str(self.tmp / "archive")),
