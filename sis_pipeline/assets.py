@@ -54,6 +54,7 @@ CHECK_GUARD = "mass_change_guard"
 CHECK_WAREHOUSE_MATCHES = "warehouse_matches_file"
 
 GROUP = "sis_import"
+WAREHOUSE_POOL = "sis_warehouse_writer"
 CLIENT_TAG = "sis/client"
 
 
@@ -445,7 +446,8 @@ def build_import_assets(partitions_def: PartitionsDefinition):
         check_specs=_check_specs(),
         partitions_def=partitions_def,
         can_subset=True,
-        op_tags={"kind": "sis"},
+        # Bounds concurrent warehouse writers where the instance sets a limit (deploy/dagster.yaml).
+        pool=WAREHOUSE_POOL,
     )
     def sis_import(
         context: AssetExecutionContext,

@@ -206,7 +206,7 @@ def test_production_instance_stores_runs_in_postgres_and_limits_one_run_per_clie
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         concurrency = instance.get_concurrency_config()
-        assert {"key": "sis/client", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in (
+        assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in (
             concurrency.run_queue_config.tag_concurrency_limits
         )
         assert concurrency.pool_config.default_pool_limit >= 1
