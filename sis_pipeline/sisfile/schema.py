@@ -106,7 +106,8 @@ def _messages(failures: pd.DataFrame, frame: pd.DataFrame, client: ClientConfig)
         is_dup = ((failures["reason_code"] == DUPLICATE) & (failures["column_name"] == column)).to_numpy()
         if not is_dup.any():
             continue
-        dup_rows = duplicated(_identity_values(frame[column], column))
+        # The rows pandera flagged are exactly the duplicates: reuse them rather than sorting again.
+        dup_rows = np.isin(frame["line_number"].to_numpy(), failures.loc[is_dup, "line_number"].to_numpy())
         identity = _identity_values(frame[column][dup_rows], column).to_pylist()
         lines = frame["line_number"].to_numpy()[dup_rows]
         groups = pd.Series(lines).groupby(identity)
