@@ -11,6 +11,7 @@ partition's last `raw_sis_file` materialisation from the archive, so it applies 
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from dagster import (
     AssetCheckKey,
@@ -35,7 +36,7 @@ from sis_pipeline import metadata as md
 from sis_pipeline.file_version import FileVersion
 from sis_pipeline.registry import ClientConfig
 from sis_pipeline.resources import ArchiveResource, RegistryResource, WarehouseResource
-from sis_pipeline.s3 import UploadNotFound, fetch_upload
+from sis_pipeline.s3 import UploadNotFound, UploadSeen, fetch_upload, head_upload
 from sis_pipeline.sisfile import map_file, validate_file
 from sis_pipeline.sisfile.result import ValidatedFile
 
@@ -188,6 +189,34 @@ def _read_file(
     return _File(version, data, archive.location(client.id, sha256))
 
 
+def _same_as_last_applied(store, client: ClientConfig, seen: UploadSeen | None) -> FileVersion | None:
+    """The upload as a FileVersion when it is exactly the object version (or, unversioned, the ETag) of
+    the client's last applied sync: S3 versions are immutable and the ETag is a digest of the content."""
+    if seen is None:
+        return None
+    log = store.sync_log(client.id, limit=20)
+    applied = log[log["status"] == "applied"]
+    if not len(applied):
+        return None
+    last = applied.iloc[0]
+    if seen.version_id:
+        same = last["version_id"] == seen.version_id
+    else:
+        same = bool(seen.etag) and str(last["etag"] or "").strip('"') == seen.etag.strip('"')
+    if not same:
+        return None
+    modified = datetime.fromisoformat(seen.last_modified) if seen.last_modified else None
+    return FileVersion(
+        bucket=seen.bucket,
+        key=seen.key,
+        etag=seen.etag,
+        version_id=seen.version_id,
+        sha256=str(last["sha256"]),
+        size=int(seen.size or 0),
+        last_modified=modified,
+    )
+
+
 def _file_checks(validated: ValidatedFile, config: SisImportConfig) -> list[AssetCheckResult]:
     accepted = AssetCheckResult(
         check_name=CHECK_FILE_ACCEPTED,
@@ -277,6 +306,37 @@ def _import(
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    writes = SUBSCRIBERS_TABLE in selected and client.auto_sync_enabled and not config.dry_run
+    if SUBSCRIBERS_TABLE in selected and not writes:
+        why = "dry run" if config.dry_run else "auto_sync_enabled is false (first file under review)"
+        context.log.info(f"client {client.id}: preview only — {why}")
+
+    def unchanged(version: FileVersion, archived_at: str, how: str) -> Iterator[MaterializeResult]:
+        """Log `unchanged` (§6): the same bytes as the last applied file change nothing."""
+        progress.logged = True
+        outcome = store.record(
+            client_id=client.id,
+            status="unchanged",
+            file=version,
+            validated=None,
+            run_id=context.run.run_id,
+            message=f"file identical to the last applied one ({how}); nothing to do",
+        )
+        context.log.info(f"client {client.id}: unchanged file ({how}), sync {outcome.sync_id}")
+        yield from emit(RAW_SIS_FILE, md.file_metadata(version, archived_at))
+        yield from emit(
+            SUBSCRIBERS_TABLE, {"status": "unchanged", "sync_id": MetadataValue.int(int(outcome.sync_id))}
+        )
+
+    check_unchanged = writes and not config.force
+    if check_unchanged and RAW_SIS_FILE in selected:
+        # Cheapest first: the very object version (or ETag) last applied needs no download at all.
+        same = _same_as_last_applied(store, client, head_upload(s3_client, client, config.version_id))
+        if same is not None:
+            yield from unchanged(
+                same, archive.archive(s3_client).location(client.id, same.sha256), "same version"
+            )
+            return
 
     try:
         file = _read_file(context, client, config, s3_client, archive.archive(s3_client))
@@ -296,30 +356,10 @@ def _import(
         f"client {client.id}: read {file.version.uri} version "
         f"{file.version.version_id or file.version.etag} ({file.version.size} bytes)"
     )
-    yield from emit(RAW_SIS_FILE, md.file_metadata(file.version, file.archived_at))
-
-    writes = SUBSCRIBERS_TABLE in selected and client.auto_sync_enabled and not config.dry_run
-    if SUBSCRIBERS_TABLE in selected and not writes:
-        why = "dry run" if config.dry_run else "auto_sync_enabled is false (first file under review)"
-        context.log.info(f"client {client.id}: preview only — {why}")
-
-    last_sha = store.last_applied_sha256(client.id)
-    if writes and not config.force and last_sha == file.version.sha256:
-        # The fast path: the same bytes as the last applied file change nothing (§6).
-        progress.logged = True
-        outcome = store.record(
-            client_id=client.id,
-            status="unchanged",
-            file=file.version,
-            validated=None,
-            run_id=context.run.run_id,
-            message="file identical to the last applied one (sha256); nothing to do",
-        )
-        context.log.info(f"client {client.id}: unchanged file, sync {outcome.sync_id}")
-        yield from emit(
-            SUBSCRIBERS_TABLE, {"status": "unchanged", "sync_id": MetadataValue.int(int(outcome.sync_id))}
-        )
+    if check_unchanged and store.last_applied_sha256(client.id) == file.version.sha256:
+        yield from unchanged(file.version, file.archived_at, "sha256")
         return
+    yield from emit(RAW_SIS_FILE, md.file_metadata(file.version, file.archived_at))
 
     t = time.perf_counter()
     progress.stage = "validating the file"

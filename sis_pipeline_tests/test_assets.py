@@ -223,3 +223,32 @@ def test_unexpected_error_is_logged_failed_naming_the_stage_not_the_data(
     assert "mapping subscribers" in last["message"] and "ValueError" in last["message"]
     assert "student7" not in last["message"]
     assert len(harness.warehouse().current_subscribers("22")) == 0
+
+
+def test_same_version_again_is_unchanged_without_downloading(harness, dagster_instance, monkeypatch):
+    import sis_pipeline.assets as assets
+
+    harness.add_client("22")
+    harness.upload("22", roster_csv(20))
+    assert harness.run(dagster_instance, "22").success
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the unchanged version was downloaded")
+
+    monkeypatch.setattr(assets, "fetch_upload", no_download)
+    again = harness.run(dagster_instance, "22")
+    assert again.success
+    last = harness.log("22").iloc[0]
+    assert last["status"] == "unchanged" and "same version" in last["message"]
+    raw = next(m for m in again.asset_materializations_for_node("sis_import") if m.asset_key == RAW_SIS_FILE)
+    assert raw.metadata["sha256"].value == harness.log("22").iloc[1]["sha256"]
+
+
+def test_same_bytes_as_a_new_version_are_unchanged_by_sha256(harness, dagster_instance):
+    harness.add_client("22")
+    harness.upload("22", roster_csv(20))
+    assert harness.run(dagster_instance, "22").success
+    harness.upload("22", roster_csv(20))  # a new object version with identical content
+    assert harness.run(dagster_instance, "22").success
+    last = harness.log("22").iloc[0]
+    assert last["status"] == "unchanged" and "sha256" in last["message"]
