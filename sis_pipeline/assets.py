@@ -242,7 +242,7 @@ def _file_checks(validated: ValidatedFile, config: SisImportConfig) -> list[Asse
 
 def _warehouse_check(warehouse, client_id: str, mapped, expected_active: int | None) -> AssetCheckResult:
     """Every file subscriber has the status the file implies; the active count is what the plan said."""
-    state = warehouse.current_subscribers(client_id)[["subscriber_key", "status"]]
+    state = warehouse.subscriber_statuses(client_id)
     merged = mapped.subscribers[["subscriber_key", "delete"]].merge(state, on="subscriber_key", how="left")
     expected = merged["delete"].map({True: "deleted", False: "active"})
     wrong = int((merged["status"] != expected).sum())

@@ -26,16 +26,19 @@ PROFILE_COLUMNS: tuple[str, ...] = (
     "user_type",
     "email_opt_out",
 )
-_TEXT_COLUMNS = ("subscriber_key", "email", "first_name", "last_name", "user_login", "user_type")
+#: The stored summary of a user's communities (see `communities_signature`).
+SIGNATURE = "communities_signature"
+_TEXT_COLUMNS = ("subscriber_key", "email", "first_name", "last_name", "user_login", "user_type", SIGNATURE)
 
 #: Columns of `current` (what `Warehouse.current_subscribers` returns).
-CURRENT_COLUMNS: tuple[str, ...] = ("subscriber_key", *PROFILE_COLUMNS, "status", "missing_count")
-#: Columns of every frame of rows a plan writes (inserts, updates, reactivations, deletes).
+CURRENT_COLUMNS: tuple[str, ...] = ("subscriber_key", *PROFILE_COLUMNS, "status", "missing_count", SIGNATURE)
+#: Columns of every frame of rows a plan writes (inserts, updates, reactivations, deletes, community changes).
 WRITE_COLUMNS: tuple[str, ...] = (
     "subscriber_key",
     *PROFILE_COLUMNS,
     "status",
     "missing_count",
+    SIGNATURE,
     "changed_fields",
 )
 #: Columns of `missing` and `deprovisions`: users absent from the file.
@@ -43,6 +46,8 @@ ABSENT_COLUMNS: tuple[str, ...] = ("subscriber_key", "missing_count")
 MEMBERSHIP_COLUMNS: tuple[str, ...] = ("subscriber_key", "community_group", "community")
 
 ACTIVE, DEPROVISIONED, DELETED = "active", "deprovisioned", "deleted"
+# ASCII unit / record separators: never in a value we keep (the CSV reader strips control characters).
+_UNIT, _RECORD, _OWNER = "\x1f", "\x1e", "\x1d"
 _TRUE_WORDS = ("1", "yes", "true")
 
 
@@ -70,6 +75,12 @@ class SyncPlan:
     the file's values, the resulting status and `missing_count`, and `changed_fields` (comma-separated names
     of the columns that differ from the warehouse; empty for inserts). The four sets are disjoint: a user
     reactivated or deleted by this file is counted there even if other fields changed too.
+
+    Communities are planned per user through `communities_signature`: `memberships_replace_keys` are the
+    users in the file whose stored set differs from the file's (all their stored memberships are deleted),
+    `memberships_add` every membership written afterwards (theirs and inserted users'), and
+    `community_updates` the rows whose only change is their communities (counted in `unchanged`, written
+    only to store the new signature). `communities_added` / `communities_removed` are the net difference.
     """
 
     client_id: str
@@ -82,7 +93,10 @@ class SyncPlan:
     deprovisions: pd.DataFrame  # absent active users whose missing_count reached the threshold
     guard: GuardVerdict
     memberships_add: pd.DataFrame = field(default_factory=lambda: _empty(MEMBERSHIP_COLUMNS))
-    memberships_remove: pd.DataFrame = field(default_factory=lambda: _empty(MEMBERSHIP_COLUMNS))
+    memberships_replace_keys: pd.Series = field(default_factory=lambda: pd.Series([], dtype="string"))
+    community_updates: pd.DataFrame = field(default_factory=lambda: _empty(WRITE_COLUMNS))
+    communities_added: int = 0  # memberships the file adds (net of ones re-written unchanged)
+    communities_removed: int = 0  # stored memberships the file drops (as the stored signatures list them)
     skipped_deletes: int = 0  # delete-flagged users the warehouse never had: nothing to delete
     missing_counted: bool = (
         True  # False when this file already counted towards missing_count (forced re-apply)
@@ -108,21 +122,24 @@ class SyncPlan:
         }
 
     def membership_counts(self) -> dict[str, int]:
-        return {
-            "communities_added": len(self.memberships_add),
-            "communities_removed": len(self.memberships_remove),
-        }
+        """Net membership changes (the sync log's `communities_added` / `communities_removed`)."""
+        return {"communities_added": self.communities_added, "communities_removed": self.communities_removed}
 
     @property
     def changes_anything(self) -> bool:
         """Whether applying the plan writes any subscriber or membership row."""
         counts = self.counts()
         counts.pop("unchanged_rows")
-        return any(counts.values()) or any(self.membership_counts().values())
+        return (
+            any(counts.values())
+            or any(self.membership_counts().values())
+            or bool(len(self.community_updates) or len(self.memberships_replace_keys))
+        )
 
     def upsert_frame(self) -> pd.DataFrame:
         """Rows of users present in the file that must be written (WRITE_COLUMNS), inserts first."""
-        frames = [f for f in (self.inserts, self.updates, self.reactivations, self.deletes) if len(f)]
+        parts = (self.inserts, self.updates, self.reactivations, self.deletes, self.community_updates)
+        frames = [f for f in parts if len(f)]
         if not frames:
             return _empty(WRITE_COLUMNS)
         return pd.concat(frames, ignore_index=True)
@@ -248,30 +265,73 @@ def _evaluate_guard(
     )
 
 
-def _string_index(values: pa.Array | pd.Series) -> pd.Index:
-    """A pandas Index on Arrow strings: its hash table is built once and probed many times."""
-    if isinstance(values, pd.Series):
-        return pd.Index(values.astype("string"))
-    return pd.Index(values.to_pandas(types_mapper=lambda _: pd.StringDtype()))
+class _KeyLookup:
+    """Positions of keys among unique stored keys, through Arrow's C++ hash table: at 1M keys it probes
+    several times faster than a pandas Index on strings (which hashes in Python objects)."""
+
+    def __init__(self, keys: pd.Series):
+        self._keys = _keys(keys)
+
+    def get_indexer(self, probe: pd.Series | pa.Array) -> np.ndarray:
+        """Like `pd.Index.get_indexer`: the position of each probed key, -1 where absent."""
+        values = probe if isinstance(probe, pa.Array) else _keys(probe)
+        if not len(values) or not len(self._keys):
+            return np.full(len(values), -1, dtype=np.int64)
+        found = pc.index_in(values, value_set=self._keys).fill_null(-1)
+        return found.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
-def _combined(frame: pd.DataFrame) -> pa.Array:
-    """One hashable key per membership; \x1f (unit separator) never occurs in a value we keep."""
-    separator = pa.scalar("\x1f", type=pa.large_string())
-    return pc.binary_join_element_wise(*(_keys(frame[c]) for c in MEMBERSHIP_COLUMNS), separator)
+def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array (large inputs arrive from pandas as chunked arrays)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
-def _membership_diff(desired: pd.DataFrame, current: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(to add, to remove) so that `current` (unique rows: a primary key) becomes `desired`."""
-    if not len(current):
-        return desired.reset_index(drop=True), current.reset_index(drop=True)
-    stored = _string_index(_combined(current))
-    position = stored.get_indexer(_string_index(_combined(desired)))
-    kept = np.zeros(len(current), dtype=bool)
-    kept[position[position >= 0]] = True
-    add = desired.loc[position < 0].reset_index(drop=True)
-    remove = current.loc[~kept].reset_index(drop=True)
-    return add, remove
+def _separator(text: str) -> pa.Scalar:
+    return pa.scalar(text, type=pa.large_string())
+
+
+def communities_signature(memberships: pd.DataFrame, keys: pd.Series) -> pa.Array:
+    """Per key, its (community_group, community) pairs sorted and joined: `group\\x1fcommunity` joined by
+    `\\x1e`; "" for a key without memberships. Equal signatures mean equal sets, so a sync compares one
+    string per user instead of reading and diffing every stored membership."""
+    out_keys = _keys(keys)
+    if not len(memberships) or not len(out_keys):
+        return pa.array([""] * len(out_keys), type=pa.large_string())
+    combo = pc.binary_join_element_wise(
+        _keys(memberships["community_group"]), _keys(memberships["community"]), _separator(_UNIT)
+    )
+    owner = pc.index_in(_keys(memberships["subscriber_key"]), value_set=out_keys)
+    owner = owner.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    # Few distinct pairs: rank them through their sorted dictionary, then one integer sort orders the rows
+    # by (owner, pair) and the owners' counts become list offsets (Arrow's hash group_by is ~4x slower).
+    encoded = _flat(combo).dictionary_encode()
+    rank = np.empty(len(encoded.dictionary), dtype=np.int64)
+    rank[np.argsort(encoded.dictionary.to_numpy(zero_copy_only=False), kind="stable")] = np.arange(len(rank))
+    pair_rank = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    kept = np.flatnonzero(owner >= 0)
+    order = kept[np.argsort(owner[kept] * len(rank) + pair_rank[kept])]
+    offsets = np.zeros(len(out_keys) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner[kept], minlength=len(out_keys)), out=offsets[1:])
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), _flat(combo).take(pa.array(order)))
+    return _flat(pc.binary_join(lists, _separator(_RECORD)))
+
+
+def _signature_pairs(keys: pa.Array, signatures: pa.Array) -> pa.Array:
+    """One `key\\x1dgroup\\x1fcommunity` per membership a signature lists (null lists none)."""
+    lists = pc.split_pattern(pc.fill_null(signatures, ""), _RECORD)
+    pairs = pc.list_flatten(lists)
+    owners = pc.take(keys, pc.list_parent_indices(lists))
+    named = pc.binary_join_element_wise(owners, pairs, _separator(_OWNER))
+    return pc.filter(named, pc.not_equal(pairs, ""))
+
+
+def _signature_diff(keys: pa.Array, old: pa.Array, new: pa.Array) -> tuple[int, int]:
+    """(added, removed) memberships between two signatures per key."""
+    before, after = _signature_pairs(keys, old), _signature_pairs(keys, new)
+    if not len(before) or not len(after):
+        return len(after), len(before)
+    kept = int(_isin_arrow(after, before).sum())
+    return len(after) - kept, len(before) - kept
 
 
 def build_sync_plan(
@@ -280,13 +340,12 @@ def build_sync_plan(
     client: ClientConfig,
     *,
     override_guard: bool = False,
-    current_memberships: pd.DataFrame | None = None,
     count_missing: bool = True,
 ) -> SyncPlan:
     """Work out every change one sync of `client` makes.
 
-    `current` is the client's rows in the warehouse (CURRENT_COLUMNS, one per key),
-    `current_memberships` their communities (None: assume none, so memberships are only added).
+    `current` is the client's rows in the warehouse (CURRENT_COLUMNS, one per key); a missing or null
+    `communities_signature` means "unknown": that user's stored communities are replaced.
     `mapped.subscribers` holds one row per key (the file contract rejects duplicates).
     `count_missing=False` is for re-applying the file that was last applied: it has already counted
     towards `missing_count` once.
@@ -294,7 +353,7 @@ def build_sync_plan(
     file = normalise_subscribers(mapped.subscribers, ("subscriber_key", *PROFILE_COLUMNS, "delete"))
     cur = normalise_subscribers(current, CURRENT_COLUMNS)
     # One hash table on the stored keys, probed by the file, the protected keys and the memberships.
-    cur_index = _string_index(cur["subscriber_key"])
+    cur_index = _KeyLookup(cur["subscriber_key"])
 
     # Align the warehouse's row (if any) to each file row.
     position = cur_index.get_indexer(file["subscriber_key"]) if len(cur) else np.full(len(file), -1)
@@ -315,6 +374,20 @@ def build_sync_plan(
     new["email_opt_out"] = new["email_opt_out"].to_numpy(dtype=bool) | old_opt_out
     new["status"] = pd.Series(np.where(delete_flag, DELETED, ACTIVE), dtype="string")
     new["missing_count"] = np.zeros(len(new), dtype="int64")
+
+    # Communities: the file's set per user (none for a deleted user), compared with the stored signature.
+    desired = mapped.memberships[list(MEMBERSHIP_COLUMNS)].astype("string").reset_index(drop=True)
+    if delete_flag.any():
+        desired = desired.loc[~_isin(desired["subscriber_key"], file.loc[delete_flag, "subscriber_key"])]
+    signature = communities_signature(desired, file["subscriber_key"])
+    old_signature = _keys(old[SIGNATURE])
+    if len(signature):
+        same_signature = pc.fill_null(pc.equal(signature, old_signature), False)
+        same_signature = same_signature.to_numpy(zero_copy_only=False)
+    else:
+        same_signature = np.zeros(0, dtype=bool)
+    new[SIGNATURE] = pd.Series(pd.arrays.ArrowStringArray(signature)) if len(signature) else old[SIGNATURE]
+    replace = exists & ~same_signature
 
     changed = {name: exists & ~_same(new[name], old[name]) for name in PROFILE_COLUMNS}
     changed["missing_count"] = exists & (old_missing > 0)  # seen again: the count restarts
@@ -337,6 +410,25 @@ def build_sync_plan(
     updates = rows(is_update, with_changes=True)
     reactivations = rows(is_reactivation, with_changes=True)
     deletes = rows(is_delete, with_changes=True)
+    # Only the communities changed: written to store the signature, still counted as unchanged.
+    community_updates = rows(exists & ~is_delete & ~is_reactivation & ~any_changed & replace, False)
+
+    # Replaced users lose every stored membership, then they and inserted users get the file's.
+    written = replace | (~exists & ~delete_flag)
+    if written.all():
+        memberships_add = desired.reset_index(drop=True)
+    elif not written.any():
+        memberships_add = _empty(MEMBERSHIP_COLUMNS).astype("string")
+    else:
+        chosen = _isin(desired["subscriber_key"], file.loc[written, "subscriber_key"])
+        memberships_add = desired.loc[chosen].reset_index(drop=True)
+    written_keys = _keys(file.loc[written, "subscriber_key"])
+    old_written = pc.if_else(
+        pa.array(exists[written]), _keys(old.loc[written, SIGNATURE]), pa.scalar(None, pa.large_string())
+    )
+    communities_added, communities_removed = _signature_diff(
+        written_keys, old_written, signature.filter(pa.array(written))
+    )
 
     # Absent users: only active ones count, and never an identity present in the file (even rejected).
     missing = _empty(ABSENT_COLUMNS)
@@ -355,18 +447,6 @@ def build_sync_plan(
         missing = absent.loc[~reached].reset_index(drop=True)
         deprovisions = absent.loc[reached].reset_index(drop=True)
 
-    # Communities of users present in the file are replaced by the file's; deleted users lose theirs.
-    desired = mapped.memberships[list(MEMBERSHIP_COLUMNS)].astype("string").reset_index(drop=True)
-    if delete_flag.any():
-        desired = desired.loc[~_isin(desired["subscriber_key"], file.loc[delete_flag, "subscriber_key"])]
-    if current_memberships is None or not len(current_memberships) or not len(cur):
-        current_m = _empty(MEMBERSHIP_COLUMNS).astype("string")
-    else:
-        current_m = current_memberships[list(MEMBERSHIP_COLUMNS)].astype("string").reset_index(drop=True)
-        owner = cur_index.get_indexer(current_m["subscriber_key"])
-        current_m = current_m.loc[(owner >= 0) & in_file[np.maximum(owner, 0)]]
-    memberships_add, memberships_remove = _membership_diff(desired, current_m)
-
     active_before = int((cur["status"] == ACTIVE).fillna(False).sum())
     guard = _evaluate_guard(client, active_before, len(deprovisions), len(deletes), override_guard)
     return SyncPlan(
@@ -380,7 +460,10 @@ def build_sync_plan(
         deprovisions=deprovisions,
         guard=guard,
         memberships_add=memberships_add,
-        memberships_remove=memberships_remove,
+        memberships_replace_keys=file.loc[replace, "subscriber_key"].reset_index(drop=True),
+        community_updates=community_updates,
+        communities_added=communities_added,
+        communities_removed=communities_removed,
         skipped_deletes=int((~exists & delete_flag).sum()),
         missing_counted=count_missing,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sis_pipeline.sync_plan import CURRENT_COLUMNS, build_sync_plan
+from sis_pipeline.sync_plan import CURRENT_COLUMNS, build_sync_plan, communities_signature
 from sis_pipeline_tests.warehouse_builders import SyncFile, client, memberships, person
 
 
@@ -186,46 +186,96 @@ def test_guard_override_keeps_the_verdict_visible():
     assert plan.guard.tripped and plan.guard.overridden
 
 
-def test_communities_of_present_users_are_replaced_and_absent_users_keep_theirs():
-    cfg = client()
-    stored_memberships = memberships(
+def signed(n: int, pairs: list[tuple[str, str]], **fields) -> dict:
+    """A stored user whose communities_signature records `pairs` (group, community)."""
+    keyed = memberships([(person(n)["subscriber_key"], g, c) for g, c in pairs])
+    signature = communities_signature(keyed, pd.Series([person(n)["subscriber_key"]]))
+    return stored_person(n, communities_signature=signature[0].as_py(), **fields)
+
+
+def test_signature_is_the_sorted_pairs_joined_by_unit_and_record_separators():
+    keyed = memberships(
         [
-            ("student1@school.edu", "People/Audience", "Students"),
-            ("student1@school.edu", "Clubs", "Chess"),
-            ("student2@school.edu", "Clubs", "Chess"),
+            ("a@x.edu", "People/Audience", "Students"),
+            ("b@x.edu", "Clubs", "Drama"),
+            ("a@x.edu", "Clubs", "Chess"),
         ]
     )
-    sync_file = SyncFile(
+    signature = communities_signature(keyed, pd.Series(["a@x.edu", "b@x.edu", "c@x.edu"]))
+    assert signature.to_pylist() == [
+        "Clubs\x1fChess\x1ePeople/Audience\x1fStudents",
+        "Clubs\x1fDrama",
+        "",
+    ]
+
+
+def test_communities_replaced_when_the_files_set_differs():
+    cfg = client()
+    plan = plan_for(
         cfg,
         [person(1)],
+        [signed(1, [("People/Audience", "Students"), ("Clubs", "Chess")])],
         communities=[
             ("student1@school.edu", "People/Audience", "Students"),
             ("student1@school.edu", "Clubs", "Drama"),
         ],
     )
-    plan = build_sync_plan(
-        sync_file.mapped,
-        current([stored_person(1), stored_person(2)]),
-        cfg,
-        current_memberships=stored_memberships,
+    assert plan.memberships_replace_keys.tolist() == ["student1@school.edu"]
+    assert sorted(plan.memberships_add.values.tolist()) == [
+        ["student1@school.edu", "Clubs", "Drama"],
+        ["student1@school.edu", "People/Audience", "Students"],
+    ]
+    # Net counts: one community swapped for another; a membership-only change is not an update.
+    assert plan.membership_counts() == {"communities_added": 1, "communities_removed": 1}
+    assert plan.counts()["updated"] == 0 and plan.counts()["unchanged_rows"] == 1
+    assert plan.upsert_frame()["communities_signature"].tolist() == [
+        "Clubs\x1fDrama\x1ePeople/Audience\x1fStudents"
+    ]
+
+
+def test_communities_untouched_when_the_files_set_is_the_same():
+    plan = plan_for(
+        client(),
+        [person(1)],
+        [signed(1, [("Clubs", "Chess")])],
+        communities=[("student1@school.edu", "Clubs", "Chess")],
     )
-    assert plan.memberships_add.values.tolist() == [["student1@school.edu", "Clubs", "Drama"]]
-    assert plan.memberships_remove.values.tolist() == [["student1@school.edu", "Clubs", "Chess"]]
+    assert plan.memberships_replace_keys.empty and plan.memberships_add.empty
+    assert plan.upsert_frame().empty
+    assert not plan.changes_anything
+
+
+def test_signature_written_for_inserts():
+    plan = plan_for(client(), [person(1)], [], communities=[("student1@school.edu", "Clubs", "Chess")])
+    assert plan.inserts["communities_signature"].tolist() == ["Clubs\x1fChess"]
+    assert plan.memberships_add.values.tolist() == [["student1@school.edu", "Clubs", "Chess"]]
+    assert plan.memberships_replace_keys.empty  # a new user has nothing stored to remove
+    assert plan.membership_counts() == {"communities_added": 1, "communities_removed": 0}
 
 
 def test_deleted_user_loses_all_communities():
-    cfg = client()
-    sync_file = SyncFile(
-        cfg, [person(1, delete=True)], communities=[("student1@school.edu", "Clubs", "Chess")]
-    )
-    plan = build_sync_plan(
-        sync_file.mapped,
-        current([stored_person(1)]),
-        cfg,
-        current_memberships=memberships([("student1@school.edu", "Clubs", "Chess")]),
+    plan = plan_for(
+        client(),
+        [person(1, delete=True)],
+        [signed(1, [("Clubs", "Chess")])],
+        communities=[("student1@school.edu", "Clubs", "Chess")],
     )
     assert plan.memberships_add.empty
-    assert plan.memberships_remove.values.tolist() == [["student1@school.edu", "Clubs", "Chess"]]
+    assert plan.memberships_replace_keys.tolist() == ["student1@school.edu"]
+    assert plan.deletes["communities_signature"].tolist() == [""]
+    assert plan.membership_counts() == {"communities_added": 0, "communities_removed": 1}
+
+
+def test_absent_user_keeps_communities():
+    plan = plan_for(client(), [person(1)], [signed(1, []), signed(2, [("Clubs", "Chess")])])
+    assert "student2@school.edu" not in plan.memberships_replace_keys.tolist()
+    assert plan.membership_counts() == {"communities_added": 0, "communities_removed": 0}
+
+
+def test_unknown_stored_signature_replaces_the_users_communities():
+    plan = plan_for(client(), [person(1)], [stored_person(1)], communities=[])
+    assert plan.memberships_replace_keys.tolist() == ["student1@school.edu"]
+    assert plan.community_updates["communities_signature"].tolist() == [""]
 
 
 def test_plan_against_an_empty_warehouse_inserts_everyone():

@@ -157,6 +157,101 @@ def test_communities_of_users_in_the_file_are_replaced(warehouse):
     assert communities_of(warehouse) == {one_students, one_drama, two_chess}
 
 
+def _record_membership_writes(warehouse, monkeypatch) -> list[tuple[str, int]]:
+    """(method, rows or keys) for every membership write the warehouse's bulk writer makes."""
+    writer_class = bulk.writer_class_for(warehouse.engine.dialect.name)
+    calls: list[tuple[str, int]] = []
+    for name in ("remove_memberships", "add_memberships"):
+        original = getattr(writer_class, name)
+
+        def recording(self, client_id, data, _name=name, _original=original):
+            if len(data):
+                calls.append((_name, len(data)))
+            return _original(self, client_id, data)
+
+        monkeypatch.setattr(writer_class, name, recording)
+    return calls
+
+
+def test_communities_replaced_when_the_files_set_differs(warehouse):
+    cfg = client()
+    chess, drama = ("student1@school.edu", "Clubs", "Chess"), ("student1@school.edu", "Clubs", "Drama")
+    SyncFile(cfg, [person(1), person(2)], communities=[chess]).apply(warehouse)
+    outcome = SyncFile(cfg, [person(1), person(2)], communities=[drama]).apply(warehouse)
+    assert communities_of(warehouse) == {drama}
+    assert outcome.counts["updated"] == 0  # a membership-only change is not a profile update
+    log = warehouse.sync_log("22").iloc[0]
+    assert (log["communities_added"], log["communities_removed"]) == (1, 1)
+    row = stored(warehouse).loc["student1@school.edu"]
+    assert row["communities_signature"] == "Clubs\x1fDrama"
+    assert row["last_sync_id"] == outcome.sync_id
+
+
+def test_communities_untouched_when_the_files_set_is_the_same(warehouse, monkeypatch):
+    cfg = client()
+    chess = ("student1@school.edu", "Clubs", "Chess")
+    first = SyncFile(cfg, [person(1), person(2)], communities=[chess]).apply(warehouse)
+    calls = _record_membership_writes(warehouse, monkeypatch)
+    SyncFile(cfg, [person(1), person(2, last_name="Renamed")], communities=[chess]).apply(warehouse)
+    assert calls == []  # no membership row deleted or inserted
+    assert communities_of(warehouse) == {chess}
+    # The upsert's skip-unchanged WHERE still skips a row whose profile and signature are unchanged.
+    assert stored(warehouse).loc["student1@school.edu", "last_sync_id"] == first.sync_id
+
+
+def test_upsert_skips_a_row_handed_over_with_the_same_signature(warehouse):
+    cfg = client()
+    first = SyncFile(cfg, [person(1)], communities=[("student1@school.edu", "Clubs", "Chess")]).apply(
+        warehouse
+    )
+    with warehouse.engine.begin() as conn:
+        bulk.writer_for(conn).upsert_subscribers("22", first.plan.upsert_frame(), 999, store._now())
+    assert stored(warehouse).loc["student1@school.edu", "last_sync_id"] == first.sync_id
+
+
+def test_signature_written_for_inserts(warehouse):
+    cfg = client()
+    communities = [("student1@school.edu", "Clubs", "Chess"), ("student1@school.edu", "Arts", "Band")]
+    SyncFile(cfg, [person(1), person(2)], communities=communities).apply(warehouse)
+    signatures = stored(warehouse)["communities_signature"]
+    assert signatures.to_dict() == {
+        "student1@school.edu": "Arts\x1fBand\x1eClubs\x1fChess",
+        "student2@school.edu": "",
+    }
+
+
+def test_deleted_user_loses_communities(warehouse):
+    cfg = client()
+    chess = ("student1@school.edu", "Clubs", "Chess")
+    SyncFile(cfg, [person(1)], communities=[chess]).apply(warehouse)
+    SyncFile(cfg, [person(1, delete=True)], communities=[chess]).apply(warehouse)
+    assert communities_of(warehouse) == set()
+    assert stored(warehouse).loc["student1@school.edu", "communities_signature"] == ""
+
+
+def test_absent_user_keeps_communities(warehouse, monkeypatch):
+    cfg = client(auto_deprovision=True, deprovision_after_missing_files=1, guard={"max_fraction": 1.0})
+    chess = ("student2@school.edu", "Clubs", "Chess")
+    SyncFile(cfg, [person(1), person(2)], communities=[chess]).apply(warehouse)
+    calls = _record_membership_writes(warehouse, monkeypatch)
+    SyncFile(cfg, [person(1)]).apply(warehouse)
+    assert calls == []
+    assert communities_of(warehouse) == {chess}
+    assert stored(warehouse).loc["student2@school.edu", "status"] == "deprovisioned"
+
+
+def test_subscriber_statuses_are_keys_and_statuses_only(warehouse):
+    cfg = client()
+    SyncFile(cfg, [person(1), person(2)]).apply(warehouse)
+    SyncFile(cfg, [person(1), person(2, delete=True)]).apply(warehouse)
+    statuses = warehouse.subscriber_statuses("22")
+    assert list(statuses.columns) == ["subscriber_key", "status"]
+    assert dict(zip(statuses["subscriber_key"], statuses["status"], strict=True)) == {
+        "student1@school.edu": "active",
+        "student2@school.edu": "deleted",
+    }
+
+
 def test_rejected_identity_is_never_deprovisioned(warehouse):
     cfg = client(auto_deprovision=True)
     SyncFile(cfg, [person(1), person(2)]).apply(warehouse)

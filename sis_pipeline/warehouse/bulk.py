@@ -18,9 +18,9 @@ import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from psycopg import sql as pg_sql
 
-from sis_pipeline.sync_plan import CURRENT_COLUMNS, MEMBERSHIP_COLUMNS, PROFILE_COLUMNS
+from sis_pipeline.sync_plan import CURRENT_COLUMNS, MEMBERSHIP_COLUMNS, PROFILE_COLUMNS, SIGNATURE
 
-_UPSERT_COLUMNS = ("subscriber_key", *PROFILE_COLUMNS, "status", "missing_count")
+_UPSERT_COLUMNS = ("subscriber_key", *PROFILE_COLUMNS, "status", "missing_count", SIGNATURE)
 _REJECTED_COLUMNS = ("line_number", "column_name", "reason_code", "message")
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
@@ -53,7 +53,7 @@ def _profile_changed(target: str, source: str, distinct: str) -> str:
     """SQL that is true when the incoming row would change the stored one (opt-out only ever turns on)."""
     checks = [
         f"{target}.{c} {distinct} {source}.{c}"
-        for c in (*PROFILE_COLUMNS, "status", "missing_count")
+        for c in (*PROFILE_COLUMNS, "status", "missing_count", SIGNATURE)
         if c != "email_opt_out"
     ]
     checks.append(f"({source}.email_opt_out AND NOT {target}.email_opt_out)")
@@ -67,6 +67,7 @@ def _upsert_set(target: str, source: str) -> str:
         f"email_opt_out = ({target}.email_opt_out OR {source}.email_opt_out)",
         f"status = {source}.status",
         f"missing_count = {source}.missing_count",
+        f"{SIGNATURE} = {source}.{SIGNATURE}",
         f"status_changed_at = CASE WHEN {target}.status = {source}.status THEN {target}.status_changed_at "
         f"ELSE {source}.status_changed_at END",
         f"last_seen_at = {source}.last_seen_at",
@@ -92,7 +93,8 @@ class BulkWriter:
         self.conn = conn
 
     # Reads ---------------------------------------------------------------------------------------------
-    def read_subscribers(self, client_id: str) -> pd.DataFrame:
+    def read_subscribers(self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS) -> pd.DataFrame:
+        """The client's stored subscribers, `columns` only (CURRENT_COLUMNS by default)."""
         raise NotImplementedError
 
     def read_memberships(self, client_id: str) -> pd.DataFrame:
@@ -105,7 +107,8 @@ class BulkWriter:
     def update_absent(self, client_id: str, frame: pd.DataFrame, sync_id: int, now: datetime) -> None:
         raise NotImplementedError
 
-    def remove_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
+    def remove_memberships(self, client_id: str, keys: pd.Series) -> None:
+        """Delete every stored membership of the subscribers `keys`."""
         raise NotImplementedError
 
     def add_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
@@ -143,11 +146,11 @@ class SqliteBulkWriter(BulkWriter):
         # SQLAlchemy's storage format for DateTime on SQLite, so ORM/Core reads parse it back.
         return now.strftime("%Y-%m-%d %H:%M:%S.%f")
 
-    def read_subscribers(self, client_id: str) -> pd.DataFrame:
+    def read_subscribers(self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS) -> pd.DataFrame:
         cursor = self._raw.execute(
-            f"SELECT {', '.join(CURRENT_COLUMNS)} FROM subscribers WHERE client_id = ?", (client_id,)
+            f"SELECT {', '.join(columns)} FROM subscribers WHERE client_id = ?", (client_id,)
         )
-        return _frame_from_rows(cursor.fetchall(), CURRENT_COLUMNS)
+        return _frame_from_rows(cursor.fetchall(), columns)
 
     def read_memberships(self, client_id: str) -> pd.DataFrame:
         cursor = self._raw.execute(
@@ -190,14 +193,12 @@ class SqliteBulkWriter(BulkWriter):
         )
         self._raw.executemany(sql, rows)
 
-    def remove_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
-        if not len(frame):
+    def remove_memberships(self, client_id: str, keys: pd.Series) -> None:
+        if not len(keys):
             return
-        sql = (
-            "DELETE FROM subscriber_communities WHERE client_id = ? AND subscriber_key = ? "
-            "AND community_group = ? AND community = ?"
-        )
-        self._raw.executemany(sql, _rows(frame, MEMBERSHIP_COLUMNS, client_id))
+        # A primary-key prefix: each key deletes one range of the WITHOUT ROWID b-tree.
+        sql = "DELETE FROM subscriber_communities WHERE client_id = ? AND subscriber_key = ?"
+        self._raw.executemany(sql, zip(repeat(client_id), _values(keys), strict=False))
 
     def add_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
         if not len(frame):
@@ -279,9 +280,9 @@ class PostgresBulkWriter(BulkWriter):
         )
         return table.to_pandas(types_mapper={pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}.get)
 
-    def read_subscribers(self, client_id: str) -> pd.DataFrame:
-        select = f"SELECT {', '.join(CURRENT_COLUMNS)} FROM subscribers WHERE client_id = %(client)s"
-        return self._copy_out(select, client_id, CURRENT_COLUMNS, _ARROW_TYPES)
+    def read_subscribers(self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS) -> pd.DataFrame:
+        select = f"SELECT {', '.join(columns)} FROM subscribers WHERE client_id = %(client)s"
+        return self._copy_out(select, client_id, columns, _ARROW_TYPES)
 
     def read_memberships(self, client_id: str) -> pd.DataFrame:
         select = (
@@ -319,14 +320,13 @@ class PostgresBulkWriter(BulkWriter):
         )
         self._execute(sql, {"client": client_id, "now": now, "sync": sync_id})
 
-    def remove_memberships(self, client_id: str, frame: pd.DataFrame) -> None:
-        if not len(frame):
+    def remove_memberships(self, client_id: str, keys: pd.Series) -> None:
+        if not len(keys):
             return
-        self._stage("sis_stage_remove", frame, MEMBERSHIP_COLUMNS)
+        self._stage("sis_stage_remove", pd.DataFrame({"subscriber_key": keys}), ("subscriber_key",))
         sql = (
             "DELETE FROM subscriber_communities AS t USING sis_stage_remove s WHERE t.client_id = %(client)s "
-            "AND t.subscriber_key = s.subscriber_key AND t.community_group = s.community_group "
-            "AND t.community = s.community"
+            "AND t.subscriber_key = s.subscriber_key"
         )
         self._execute(sql, {"client": client_id})
 

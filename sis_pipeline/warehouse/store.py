@@ -73,8 +73,13 @@ class Warehouse:
         with read_transaction(self.engine) as conn:
             return writer_for(conn).read_subscribers(client_id)
 
+    def subscriber_statuses(self, client_id: str) -> pd.DataFrame:
+        """The client's stored subscribers as `subscriber_key` and `status` only (a cheap post-write check)."""
+        with read_transaction(self.engine) as conn:
+            return writer_for(conn).read_subscribers(client_id, ("subscriber_key", "status"))
+
     def current_memberships(self, client_id: str) -> pd.DataFrame:
-        """The client's stored community memberships."""
+        """The client's stored community memberships (for tests and tools: a sync never reads them)."""
         with read_transaction(self.engine) as conn:
             return writer_for(conn).read_memberships(client_id)
 
@@ -100,7 +105,6 @@ class Warehouse:
                 writer.read_subscribers(client.id),
                 client,
                 override_guard=override_guard,
-                current_memberships=writer.read_memberships(client.id),
                 count_missing=not same_file,
             )
         plan.basis, plan.override_guard = basis, override_guard
@@ -224,7 +228,6 @@ class Warehouse:
                 writer.read_subscribers(client.id),
                 client,
                 override_guard=override_guard,
-                current_memberships=writer.read_memberships(client.id),
                 # A forced re-apply of the same file changes nothing: it already counted towards missing_count.
                 count_missing=not same_file,
             )
@@ -252,7 +255,7 @@ class Warehouse:
         now = _now()
         writer.upsert_subscribers(client.id, plan.upsert_frame(), sync_id, now)
         writer.update_absent(client.id, plan.absent_frame(), sync_id, now)
-        writer.remove_memberships(client.id, plan.memberships_remove)
+        writer.remove_memberships(client.id, plan.memberships_replace_keys)
         writer.add_memberships(client.id, plan.memberships_add)
         writer.insert_rejected(client.id, sync_id, validated.rejected)
         conn.execute(

@@ -48,6 +48,9 @@ subscribers = sa.Table(
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("status_changed_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_sync_id", sa.BigInteger(), nullable=True),
+    # The user's communities as `group\x1fcommunity` sorted and joined by `\x1e` ("" for none), kept with
+    # every membership write so a sync compares one string per user instead of reading the memberships.
+    sa.Column("communities_signature", sa.Text(), nullable=True),
     sa.CheckConstraint(f"status IN {SUBSCRIBER_STATUSES!r}", name="status"),
     # SQLite: the primary key is the table's b-tree, so a client's rows are read in one range scan and an
     # upsert maintains one b-tree instead of a rowid table plus an index.

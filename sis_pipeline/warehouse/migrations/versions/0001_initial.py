@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("status_changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_sync_id", sa.BigInteger(), nullable=True),
+        sa.Column("communities_signature", sa.Text(), nullable=True),
         sa.CheckConstraint(
             "status IN ('active', 'deprovisioned', 'deleted')", name=op.f("ck_subscribers_status")
         ),
