@@ -253,7 +253,11 @@ def _run(root: Path, endpoint: str, environment: dict[str, str], serve: bool) ->
     for r in outcomes:
         print(f"  {r.client_id:>4}  {registry[r.client_id].name:<26} {r.status}")
     shown = {k: v for k, v in environment.items() if k != "SIS_S3_ENDPOINT_URL" or serve}
-    command = " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items()) + " dagster dev -w workspace.yaml"
+    # The dagster command of this environment, even when its venv is not activated.
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    command = (
+        " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items()) + f" {dagster} dev -w workspace.yaml"
+    )
     print("\nOpen the Dagster UI on the same runs, warehouse and registry (from the project root):")
     print(f"  {command}")
     if serve:
