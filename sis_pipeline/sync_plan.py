@@ -14,17 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sis_pipeline.registry import ClientConfig
-from sis_pipeline.sisfile.result import MappedFile
+from sis_pipeline.sisfile.result import SUBSCRIBER_COLUMNS, MappedFile
 
 #: Profile columns the file sets; a sync compares them and writes only rows where one changed.
-PROFILE_COLUMNS: tuple[str, ...] = (
-    "email",
-    "first_name",
-    "last_name",
-    "user_login",
-    "graduation_year",
-    "user_type",
-    "email_opt_out",
+PROFILE_COLUMNS: tuple[str, ...] = tuple(
+    c for c in SUBSCRIBER_COLUMNS if c not in ("subscriber_key", "delete", "line_number")
 )
 #: The stored summary of a user's communities (see `communities_signature`).
 SIGNATURE = "communities_signature"
