@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from sis_pipeline import settings
+from sis_pipeline import settings, stale_runs
 from sis_pipeline.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
 from sis_pipeline.registry import load_registry
 
@@ -97,7 +97,7 @@ def run_client(
             # The console shows warnings and errors only; every event is still in the instance's log.
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         },
-        tags={CLIENT_TAG: client_id, "sis/trigger": "cli"},
+        tags={CLIENT_TAG: client_id, **stale_runs.run_tags()},
         raise_on_error=False,
     )
     row = _log_row_for_run(client_id, result.run_id)
@@ -137,6 +137,10 @@ def run_clients(
     """Run each client's import; many clients run in worker processes, each a separate Dagster run."""
     ensure_dagster_home()
     _warehouse()  # migrate once, before workers race to do it
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:  # not the cached one: workers fork after this
+        stale_runs.fail_dead_cli_runs(instance)
     options = {"force": force, "override_guard": override_guard, "dry_run": dry_run, "version_id": version_id}
     results: list[ClientRun] = []
     total = len(client_ids)
