@@ -1,7 +1,7 @@
 """Run every benchmark case and print a Markdown table of seconds, peak memory and ratios to the floor.
 
     python -m benchmarks.run [--rows N] [--clients N] [--rows-per-client N] [--postgres URL] [--out DIR]
-                             [--cases a,b]
+                             [--cases a,b] [--profile]
 
 Each case runs in fresh processes: `prepare` (not measured) then `run` (measured: wall time around the
 case's work, peak RSS of that process and the processes it waited for). The floor is measured in the same
@@ -64,9 +64,12 @@ def _child(phase: str, ctx_path: str, result_path: str) -> int:
         else:
             if hasattr(module, "before_run"):  # imports and environment, outside the clock
                 module.before_run(ctx)
+            profiler = _start_profiler() if ctx.profile else None
             started = time.perf_counter()
             out = module.run(ctx) or {}
             out["seconds"] = time.perf_counter() - started
+            if profiler is not None:
+                _save_profile(profiler, ctx)
             peak_kib = max(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
@@ -76,6 +79,24 @@ def _child(phase: str, ctx_path: str, result_path: str) -> int:
         out = {"unavailable": str(exc)}
     Path(result_path).write_text(json.dumps(out, default=str))
     return 0
+
+
+def _start_profiler():
+    from pyinstrument import Profiler  # the `dev` extra
+
+    profiler = Profiler(interval=0.005)
+    profiler.start()
+    return profiler
+
+
+def _save_profile(profiler, ctx: BenchContext) -> None:
+    """The measured phase's call tree: text (for docs/) and HTML (to explore) under <out>/profiles/."""
+    profiler.stop()
+    folder = Path(ctx.out_dir) / "profiles"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{ctx.case}_{ctx.database if ctx.database != '-' else 'none'}"
+    (folder / f"{name}.txt").write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+    (folder / f"{name}.html").write_text(profiler.output_html())
 
 
 def _run_phase(phase: str, ctx: BenchContext) -> dict:
@@ -267,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-sample", type=int, default=100_000, help="rows the naive case really runs")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase of a case may take")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record a pyinstrument profile of each measured phase (slows it a little)")  # fmt: skip
     args = parser.parse_args(argv)
 
     selected = args.cases.split(",") if args.cases else list(CASES)
@@ -287,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         postgres_url=args.postgres,
         naive_sample_rows=args.naive_sample,
         timeout=args.timeout,
+        profile=args.profile,
     )
     started = time.perf_counter()
     week1, week2 = generate_pair(out / "files", args.rows, args.seed)

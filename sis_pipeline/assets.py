@@ -9,6 +9,7 @@ partition's last `raw_sis_file` materialisation from the archive, so it applies 
 """
 
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,9 +37,10 @@ from sis_pipeline import metadata as md
 from sis_pipeline.file_version import FileVersion
 from sis_pipeline.registry import ClientConfig
 from sis_pipeline.resources import ArchiveResource, RegistryResource, WarehouseResource
-from sis_pipeline.s3 import UploadNotFound, UploadSeen, fetch_upload, head_upload
+from sis_pipeline.s3 import S3RequestFailed, UploadNotFound, UploadSeen, fetch_upload, head_upload
 from sis_pipeline.sisfile import map_file, validate_file
 from sis_pipeline.sisfile.result import ValidatedFile
+from sis_pipeline.sync_plan import KeyLookup
 
 RAW_SIS_FILE = AssetKey("raw_sis_file")
 VALIDATED_SIS_FRAME = AssetKey("validated_sis_frame")
@@ -160,11 +162,17 @@ def _check_specs() -> list[AssetCheckSpec]:
 
 
 def _read_file(
-    context: AssetExecutionContext, client: ClientConfig, config: SisImportConfig, s3_client, archive
+    context: AssetExecutionContext,
+    client: ClientConfig,
+    config: SisImportConfig,
+    s3_client,
+    archive,
+    seen: UploadSeen | None = None,
 ) -> _File:
-    """The bytes this run works on: freshly read from S3, or replayed from the archive."""
+    """The bytes this run works on: freshly read from S3 (the version `seen` when the run has already
+    looked), or replayed from the archive."""
     if RAW_SIS_FILE in context.selected_asset_keys:
-        fetched = fetch_upload(s3_client, client, config.version_id)
+        fetched = fetch_upload(s3_client, client, config.version_id, seen)
         archived_at = archive.put(client.id, fetched.version.sha256, fetched.data)
         return _File(fetched.version, fetched.data, archived_at)
     records = context.instance.fetch_materializations(
@@ -241,12 +249,21 @@ def _file_checks(validated: ValidatedFile, config: SisImportConfig) -> list[Asse
 
 
 def _warehouse_check(warehouse, client_id: str, mapped, expected_active: int | None) -> AssetCheckResult:
-    """Every file subscriber has the status the file implies; the active count is what the plan said."""
-    state = warehouse.subscriber_statuses(client_id)
-    merged = mapped.subscribers[["subscriber_key", "delete"]].merge(state, on="subscriber_key", how="left")
-    expected = merged["delete"].map({True: "deleted", False: "active"})
-    wrong = int((merged["status"] != expected).sum())
-    active = int((state["status"] == "active").sum())
+    """Every file subscriber has the status the file implies; the active count is what the plan said.
+
+    Reads the client's active count and only its subscribers that are not active: a file subscriber among
+    them is wrong, and with the active count as planned every other one is active. The few users flagged
+    for deletion are looked up by key (one never stored is skipped by the sync: absent is right for them).
+    Reading every active row back instead costs seconds at 1M rows (docs/BENCHMARKS.md).
+    """
+    active, inactive = warehouse.status_summary(client_id)
+    keys = mapped.subscribers["subscriber_key"]
+    flagged = mapped.subscribers["delete"].to_numpy(dtype=bool)
+    not_active = KeyLookup(inactive["subscriber_key"]).get_indexer(keys) >= 0
+    wrong = int((not_active & ~flagged).sum())
+    if flagged.any():
+        stored = warehouse.statuses_of(client_id, keys[flagged])
+        wrong += int((stored["status"] != "deleted").sum())
     passed = wrong == 0 and (expected_active is None or active == expected_active)
     return AssetCheckResult(
         check_name=CHECK_WAREHOUSE_MATCHES,
@@ -277,6 +294,49 @@ class _Progress:
 
     stage: str = "reading the upload"
     logged: bool = False
+
+
+def _error_detail(error: Exception) -> str:
+    """What may be said of an unexpected error: its type. S3 failures are the exception: their text is only
+    ids, the operation, the object and the endpoint."""
+    return str(error) if isinstance(error, S3RequestFailed) else type(error).__name__
+
+
+def _traceback_without_messages(error: BaseException) -> str:
+    """The error's traceback, chained exceptions included, with every exception message left out: the
+    frames (code locations) say where it failed; the messages could quote file values."""
+    parts, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = "".join(traceback.format_list(traceback.extract_tb(current.__traceback__)))
+        kind = f"{type(current).__module__}.{type(current).__qualname__}"
+        parts.append(f"{kind} (message withheld)\n{frames}")
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return "\nraised while handling:\n".join(parts)
+
+
+def _redacted_failure(client_id: str, stage: str, error: Exception) -> Failure:
+    """The Failure that stands for an unexpected error in the run's event log: client, stage and error type,
+    and the traceback without messages. Dagster stores a raised exception's message and those of its
+    `__cause__` and `__context__`; a database error quotes the row it refused (personal data). So raise
+    this `from None`, which leaves the original out of the event log entirely."""
+    if isinstance(error, S3RequestFailed):
+        description = f"failed while {stage}: {error}"  # it names the client, operation, object, endpoint
+    else:
+        description = (
+            f"client {client_id}: failed while {stage}: {type(error).__name__}; the error's message is "
+            "withheld because it can quote file values (see this failure's traceback metadata)"
+        )
+    return Failure(
+        description=description,
+        metadata={
+            "client": client_id,
+            "stage": stage,
+            "error_type": f"{type(error).__module__}.{type(error).__qualname__}",
+            "traceback": MetadataValue.text(_traceback_without_messages(error)),
+        },
+    )
 
 
 def _import(
@@ -329,9 +389,11 @@ def _import(
         )
 
     check_unchanged = writes and not config.force
+    seen = None  # one HeadObject per run: the version it sees is the version the run reads
     if check_unchanged and RAW_SIS_FILE in selected:
         # Cheapest first: the very object version (or ETag) last applied needs no download at all.
-        same = _same_as_last_applied(store, client, head_upload(s3_client, client, config.version_id))
+        seen = head_upload(s3_client, client, config.version_id)
+        same = _same_as_last_applied(store, client, seen)
         if same is not None:
             yield from unchanged(
                 same, archive.archive(s3_client).location(client.id, same.sha256), "same version"
@@ -339,7 +401,7 @@ def _import(
             return
 
     try:
-        file = _read_file(context, client, config, s3_client, archive.archive(s3_client))
+        file = _read_file(context, client, config, s3_client, archive.archive(s3_client), seen)
     except UploadNotFound as error:
         progress.logged = True
         outcome = store.record(
@@ -364,6 +426,7 @@ def _import(
     t = time.perf_counter()
     progress.stage = "validating the file"
     validated = validate_file(file.data, client, source=file.version.uri)
+    file.data = b""  # archived and parsed: release the raw bytes before the big frames are built
     timings["validate"] = time.perf_counter() - t
     context.log.info(
         f"client {client.id}: {validated.rows_total} rows read, {validated.rows_valid} valid, "
@@ -430,6 +493,7 @@ def _import(
         return
 
     t = time.perf_counter()
+    progress.stage = "writing the warehouse"
     progress.logged = True  # apply logs its own failures
     outcome = store.apply(
         client=client,
@@ -505,16 +569,24 @@ def build_import_assets(partitions_def: PartitionsDefinition):
         except Exception as error:
             if not progress.logged:
                 # Only the type and stage: exception texts can quote file values (personal data).
+                detail = _error_detail(error)
+                if not isinstance(error, S3RequestFailed):
+                    detail += " (see the run's event log)"
                 outcome = store.record(
                     client_id=client.id,
                     status="failed",
                     file=None,
                     validated=None,
                     run_id=context.run.run_id,
-                    message=f"failed while {progress.stage}: {type(error).__name__} (see the run's event log)",
+                    message=f"failed while {progress.stage}: {detail}",
                 )
-                context.log.error(f"client {client.id}: sync {outcome.sync_id} failed while {progress.stage}")
-            raise
+                context.log.error(
+                    f"client {client.id}: sync {outcome.sync_id} failed while {progress.stage}: "
+                    f"{_error_detail(error)}"
+                )
+            if isinstance(error, Failure):
+                raise  # the pipeline's own failures name ids, counts and reasons, never file values
+            raise _redacted_failure(client.id, progress.stage, error) from None
 
     return sis_import
 

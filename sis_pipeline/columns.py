@@ -46,13 +46,18 @@ ALIASES: dict[str, str] = {
     "deleted": DELETE,
 }
 
-# BOM, zero-width space/non-joiner/joiner, word joiner.
-_INVISIBLE = re.compile("[\ufeff\u200b\u200c\u200d\u2060]")
-_SEPARATORS = re.compile(r"[ \-]")
+#: Characters that show as nothing: byte order mark (also the zero-width no-break space), zero-width space,
+#: non-joiner and joiner, word joiner, soft hyphen. Removed from headers wherever they are, and from the
+#: ends of values, so a header or value copied from a web page or a spreadsheet reads as it looks.
+INVISIBLE_CHARACTERS = "\ufeff\u200b\u200c\u200d\u2060\u00ad"
+_INVISIBLE = re.compile(f"[{INVISIBLE_CHARACTERS}]")
+# Any Unicode white space (a no-break space U+00A0 or U+202F, an ideographic space, a tab) counts as a
+# space: a header that looks like "First Name" must match whatever space character the export used.
+_SEPARATORS = re.compile(r"[\s\-]")
 
 
 def normalise_header(name: str) -> str:
-    """Trim, strip BOM and zero-width characters, lower-case, spaces and hyphens to `_`, then alias."""
+    """Trim, strip BOM and zero-width characters, lower-case, white space and hyphens to `_`, then alias."""
     cleaned = _INVISIBLE.sub("", name).strip().lower()
     cleaned = _SEPARATORS.sub("_", cleaned)
     return ALIASES.get(cleaned, cleaned)

@@ -1,7 +1,8 @@
 """What a data engineer sees on each materialisation: counts, versions, reasons and a short summary.
 
-Only counts, ids, line numbers and mapping values (user types, extra-field values) appear here, never a
-student's personal data.
+Only counts, ids, line numbers and mapping values (user types, extra-field values, graduation texts that are
+not a year) appear here, never a student's personal data. A mapping value that holds an `@` is shown as
+withheld: it is an email address in the wrong column, not a value to map.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from sis_pipeline.file_version import FileVersion
 from sis_pipeline.sisfile.result import MappedFile, ValidatedFile
 
 FIRST_REJECTED_LINES = 20
+WITHHELD = "(withheld: looks like an email address)"
+
+
+def shown_value(value: str | None) -> str:
+    """A warning's value as the UI may show it: mapping vocabulary, never an email address."""
+    if value is None:
+        return ""
+    return WITHHELD if "@" in value else value
 
 
 def file_metadata(version: FileVersion, archived_at: str) -> dict[str, Any]:
@@ -34,17 +43,19 @@ def _warning_table(validated: ValidatedFile) -> str:
         return "none"
     lines = ["| warning | column | value | rows |", "|---|---|---|---|"]
     for w in validated.warnings:
-        lines.append(f"| {w.code} | {w.column_name or ''} | {w.value or ''} | {w.count} |")
+        lines.append(f"| {w.code} | {w.column_name or ''} | {shown_value(w.value)} | {w.count} |")
     return "\n".join(lines)
 
 
 def unmapped_values(validated: ValidatedFile) -> dict[str, int]:
     """`column=value -> rows` for user types and extra-field values the client has not mapped."""
-    return {
-        f"{w.column_name}={w.value}": w.count
-        for w in validated.warnings
-        if w.code in ("user_type_unmapped", "extra_value_unmapped")
-    }
+    counts: dict[str, int] = {}
+    for w in validated.warnings:
+        if w.code in ("user_type_unmapped", "extra_value_unmapped"):
+            value = "(more values, not listed)" if w.value is None else shown_value(w.value)
+            key = f"{w.column_name}={value}"
+            counts[key] = counts.get(key, 0) + w.count
+    return counts
 
 
 def first_rejected(validated: ValidatedFile, limit: int = FIRST_REJECTED_LINES) -> list[str]:

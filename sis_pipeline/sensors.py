@@ -9,6 +9,13 @@ agree on what is new. The same bytes uploaded again start no run: the import wou
 Modes: polling (HeadObject per client, in parallel) by default; events when `SIS_EVENTS_QUEUE_URL` names
 an SQS queue that receives the buckets' S3 event notifications. In events mode the sensor still polls every
 client once an hour, to catch notifications that were never delivered.
+
+Faults (docs/OPERATIONS.md): a tick never records a decision it did not make. A client whose HeadObject
+fails keeps its cursor entry (and, in events mode, is polled again next tick); when every HeadObject fails
+the tick fails, so Dagster keeps the stored cursor. An event message that started a run is not deleted in
+that tick: it comes back after the queue's visibility timeout, when the tick that acted on it has been
+recorded, and is deleted then; a tick that fails or is lost gets its messages back the same way. Events older
+than one already acted on (by S3's sequencer) are stale re-deliveries and start nothing.
 """
 
 import json
@@ -30,7 +37,15 @@ from dagster_aws.s3 import S3Resource
 from sis_pipeline.assets import CLIENT_TAG, selection_for
 from sis_pipeline.registry import ClientConfig
 from sis_pipeline.resources import EventQueueResource, RegistryResource
-from sis_pipeline.s3 import UploadSeen, delete_events, poll_uploads, read_event_queue
+from sis_pipeline.s3 import (
+    PolledUploads,
+    QueuedEvents,
+    S3RequestFailed,
+    UploadSeen,
+    delete_events,
+    poll_uploads,
+    read_event_queue,
+)
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -42,12 +57,40 @@ RECONCILE_SECONDS = 3600
 
 
 def load_cursor(raw: str | None) -> dict:
-    if not raw:
-        return {"v": CURSOR_VERSION, "seen": {}, "last_full_poll": 0.0}
-    cursor = json.loads(raw)
+    """The cursor: `seen` (client -> ETag of the last upload a run was requested for), `last_full_poll`,
+    `retry_poll` (clients whose last HeadObject failed) and `sequencer` (client -> S3 event sequencer of the
+    last event acted on)."""
+    cursor = json.loads(raw) if raw else {"v": CURSOR_VERSION}
     cursor.setdefault("seen", {})
     cursor.setdefault("last_full_poll", 0.0)
+    cursor.setdefault("retry_poll", [])
+    cursor.setdefault("sequencer", {})
     return cursor
+
+
+def _sequencer_order(sequencer: str) -> tuple[int, str]:
+    return UploadSeen(client_id="", bucket="", key="", etag=None, version_id=None, sequencer=sequencer).order
+
+
+def fresh_events(queued: QueuedEvents, sequencers: dict[str, str]) -> list[UploadSeen]:
+    """The queued uploads later than the last event acted on for their client; updates `sequencers`.
+
+    SQS delivers at least once and S3 events arrive out of order, so an event already acted on, or one for
+    an older version, can come after a newer one was acted on; it must not move the cursor back (that would
+    hide the next upload of the older content). S3 gives each event of a key a sequencer that grows with
+    time; events without one (not from S3) are kept.
+    """
+    fresh = []
+    for upload in queued.uploads:
+        last = sequencers.get(upload.client_id)
+        if upload.sequencer and last and upload.order <= _sequencer_order(last):
+            continue
+        fresh.append(upload)
+    for upload in fresh:
+        last = sequencers.get(upload.client_id)
+        if upload.sequencer and (not last or upload.order > _sequencer_order(last)):
+            sequencers[upload.client_id] = upload.sequencer
+    return fresh
 
 
 def upload_run_request(client: ClientConfig, seen: UploadSeen, trigger: str) -> RunRequest:
@@ -87,6 +130,35 @@ def plan_upload_runs(
     return requests
 
 
+def settled_receipts(queued: QueuedEvents, requests: Sequence[RunRequest]) -> list[str]:
+    """Receipts of the messages that are safe to delete now: those that started no run in this tick.
+
+    A message that started a run stays on the queue until it comes back after the visibility timeout: by
+    then Dagster has recorded this tick (cursor and runs), so it is settled and deleted. If the tick failed
+    or its result was lost, the message comes back to a cursor without it and starts the run again (the
+    same run key, so never twice).
+    """
+    requested = {r.run_key for r in requests}
+    return [
+        m.receipt
+        for m in queued.received
+        if not any(f"{u.client_id}:{u.run_token}" in requested for u in m.uploads)
+    ]
+
+
+def _check_full_poll(polled: PolledUploads, polled_clients: int) -> None:
+    """Fail the tick when every client's HeadObject failed: S3 is down, not one bucket misconfigured."""
+    if polled_clients and len(polled.failed) == polled_clients:
+        first = next(iter(polled.failed.values()))
+        raise S3RequestFailed(
+            f"HeadObject failed for all {polled_clients} clients polled, e.g. {first}; the cursor is not "
+            "advanced and the next tick polls again",
+            client_id=next(iter(polled.failed)),
+            operation="HeadObject",
+            reason="all clients failed",
+        )
+
+
 def build_upload_sensor(job: "JobDefinition | UnresolvedAssetJob"):
     @sensor(
         name="sis_upload_sensor",
@@ -108,26 +180,54 @@ def build_upload_sensor(job: "JobDefinition | UnresolvedAssetJob"):
         seen_tokens: dict[str, str] = cursor["seen"]
         now = time.time()
         requests: list[RunRequest] = []
-        receipts: list[str] = []
+        queued = QueuedEvents([])
 
         if events.queue_url:
-            queued = read_event_queue(events.client(), events.queue_url, clients.values())
-            receipts = queued.receipts
-            requests += plan_upload_runs(clients, queued.uploads, seen_tokens, "s3_event")
+            queued = read_event_queue(
+                events.client(),
+                events.queue_url,
+                clients.values(),
+                visibility_timeout=events.visibility_timeout_seconds,
+            )
+            uploads = fresh_events(queued, cursor["sequencer"])
+            requests += plan_upload_runs(clients, uploads, seen_tokens, "s3_event")
             context.log.info(
                 f"read {queued.messages} event messages, {len(queued.uploads)} uploads of known clients"
             )
-        if not events.queue_url or now - cursor["last_full_poll"] >= RECONCILE_SECONDS:
-            uploads = poll_uploads(s3.get_client(), list(clients.values()))
-            requests += plan_upload_runs(clients, uploads, seen_tokens, "poll")
-            cursor["last_full_poll"] = now
-            context.log.info(f"polled {len(clients)} clients, {len(uploads)} have an upload")
+        full_poll = not events.queue_url or now - cursor["last_full_poll"] >= RECONCILE_SECONDS
+        to_poll = (
+            list(clients.values())
+            if full_poll
+            else [clients[c] for c in cursor["retry_poll"] if c in clients]
+        )
+        if to_poll:
+            polled = poll_uploads(s3.get_client(), to_poll)
+            if full_poll:
+                _check_full_poll(polled, len(to_poll))
+            requests += plan_upload_runs(clients, polled.uploads, seen_tokens, "poll")
+            if full_poll:
+                cursor["last_full_poll"] = now
+            cursor["retry_poll"] = sorted(polled.failed)
+            context.log.info(f"polled {len(to_poll)} clients, {len(polled.uploads)} have an upload")
+            if polled.failed:
+                failed = list(polled.failed)
+                named = ", ".join(failed[:20]) + (f" and {len(failed) - 20} more" if len(failed) > 20 else "")
+                context.log.warning(
+                    f"HeadObject failed for {len(failed)} of {len(to_poll)} clients ({named}); their cursor "
+                    "entries are kept and the next tick polls them again"
+                )
 
         # Forget clients that left the registry, so the cursor does not grow forever.
         cursor["seen"] = {k: v for k, v in seen_tokens.items() if k in clients}
-        if receipts:
-            # Safe to delete now: if this tick's result were lost, the run keys dedupe the re-poll.
-            delete_events(events.client(), events.queue_url, receipts)
+        cursor["sequencer"] = {k: v for k, v in cursor["sequencer"].items() if k in clients}
+        settled = settled_receipts(queued, requests)
+        if settled:
+            not_deleted = delete_events(events.client(), events.queue_url, settled)
+            if not_deleted:
+                context.log.warning(
+                    f"{not_deleted} of {len(settled)} handled event messages could not be deleted; they "
+                    "come back after the visibility timeout and start nothing twice"
+                )
         new_cursor = json.dumps(cursor, sort_keys=True)
         if not requests:
             return SensorResult(skip_reason=SkipReason("no new uploads"), cursor=new_cursor)

@@ -259,7 +259,7 @@ def _evaluate_guard(
     )
 
 
-class _KeyLookup:
+class KeyLookup:
     """Positions of keys among unique stored keys, through Arrow's C++ hash table: at 1M keys it probes
     several times faster than a pandas Index on strings (which hashes in Python objects)."""
 
@@ -347,7 +347,7 @@ def build_sync_plan(
     file = normalise_subscribers(mapped.subscribers, ("subscriber_key", *PROFILE_COLUMNS, "delete"))
     cur = normalise_subscribers(current, CURRENT_COLUMNS)
     # One hash table on the stored keys, probed by the file, the protected keys and the memberships.
-    cur_index = _KeyLookup(cur["subscriber_key"])
+    cur_index = KeyLookup(cur["subscriber_key"])
 
     # Align the warehouse's row (if any) to each file row.
     position = cur_index.get_indexer(file["subscriber_key"]) if len(cur) else np.full(len(file), -1)
@@ -431,10 +431,12 @@ def build_sync_plan(
         present = in_file.copy()
         protected = cur_index.get_indexer(pd.Series(mapped.protected_keys, dtype="string"))
         present[protected[protected >= 0]] = True
+        # A rejected row names its person by whatever it still holds: a row rejected for its email by the
+        # stored login, a row rejected for a blank user_id/user_login by the email. Either protects them.
+        protected_keys = _keys(mapped.protected_keys)
+        present |= _isin_arrow(_keys(cur["user_login"]), protected_keys)
         if client.identifier != "email":
-            # A row rejected for a blank user_id/user_login still names its user by email: protect them.
-            emails = cur["email"].str.lower()
-            present |= emails.isin(pd.Index(mapped.protected_keys)).fillna(False).to_numpy(bool)
+            present |= _isin_arrow(_keys(cur["email"].str.lower()), protected_keys)
         absent = cur.loc[(cur["status"] == ACTIVE).fillna(False).to_numpy(bool) & ~present]
         absent = absent[["subscriber_key", "missing_count"]].assign(missing_count=absent["missing_count"] + 1)
         reached = absent["missing_count"] >= client.deprovision_after_missing_files

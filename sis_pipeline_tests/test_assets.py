@@ -252,3 +252,40 @@ def test_same_bytes_as_a_new_version_are_unchanged_by_sha256(harness, dagster_in
     assert harness.run(dagster_instance, "22").success
     last = harness.log("22").iloc[0]
     assert last["status"] == "unchanged" and "sha256" in last["message"]
+
+
+def test_warehouse_check_fails_for_a_wrong_status_a_missing_subscriber_or_a_wrong_active_count(tmp_path):
+    from sis_pipeline.assets import _warehouse_check
+    from sis_pipeline.warehouse import Warehouse
+    from sis_pipeline.warehouse.tables import subscribers
+    from sis_pipeline_tests.warehouse_builders import SyncFile, client, person
+
+    warehouse = Warehouse(f"sqlite:///{tmp_path / 'wh.sqlite'}")
+    warehouse.upgrade()
+    SyncFile(client(), [person(n) for n in range(6)]).apply(warehouse)
+    # Student 5 is deleted; student 6, flagged but never stored, is skipped (and not a mismatch).
+    sync_file = SyncFile(client(), [person(n) for n in range(5)] + [person(n, delete=True) for n in (5, 6)])
+    assert sync_file.apply(warehouse).counts["deleted"] == 1
+
+    def check(expected_active):
+        result = _warehouse_check(warehouse, "22", sync_file.mapped, expected_active)
+        return result.passed, result.metadata["file_subscribers_with_wrong_status"].value
+
+    def tamper(key, **values):
+        where = (subscribers.c.client_id == "22") & (subscribers.c.subscriber_key == key)
+        with warehouse.engine.begin() as conn:
+            conn.execute(
+                subscribers.update().where(where).values(**values)
+                if values
+                else subscribers.delete().where(where)
+            )
+
+    assert check(5) == (True, 0)
+    assert check(6) == (False, 0)  # the active count is not what the plan said
+    tamper("student2@school.edu")  # a file subscriber vanished: the active count falls short
+    assert check(5) == (False, 0)
+    tamper("student1@school.edu", status="deprovisioned")  # a file subscriber is not active
+    assert check(None) == (False, 1)
+    tamper("student5@school.edu", status="active")  # a user flagged for deletion is active
+    assert check(None) == (False, 2)
+    warehouse.dispose()

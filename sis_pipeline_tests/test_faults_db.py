@@ -191,3 +191,39 @@ def test_two_syncs_of_one_client_started_at_once_serialise_and_both_end_correctl
     assert sorted(this_week["status"]) == ["applied", "unchanged"]
     assert (log["status"] == "applied").sum() == 2  # week 1 and week 2, once each
     _week2_applied_correctly(seeded)
+
+
+def test_a_failure_that_cannot_even_be_logged_says_so_without_the_errors_text(
+    warehouse_url, monkeypatch, caplog
+):
+    """When the database is gone for the `failed` row too, the log line names types only: a database
+    error's text can quote row values (here a planted email)."""
+    from sis_pipeline.warehouse import Warehouse, store
+    from sis_pipeline_tests.warehouse_builders import SyncFile, client, person
+
+    planted = "planted.person@school.edu"
+    warehouse = Warehouse(warehouse_url)
+    warehouse.upgrade()
+    writer_class = bulk.writer_class_for(warehouse.engine.dialect.name)
+
+    def fail_quoting_a_value(*_args, **_kwargs):
+        raise RuntimeError(f"duplicate key ({planted})")
+
+    real_insert_log = store._insert_log
+
+    def log_row_fails_for_failed(conn, **values):
+        if values["status"] == "failed":
+            raise RuntimeError(f"connection lost while writing {planted}")
+        return real_insert_log(conn, **values)
+
+    monkeypatch.setattr(writer_class, "upsert_subscribers", fail_quoting_a_value)
+    monkeypatch.setattr(store, "_insert_log", log_row_fails_for_failed)
+    caplog.set_level("DEBUG", logger="sis_pipeline")
+    with pytest.raises(RuntimeError):
+        SyncFile(client(), [person(1)]).apply(warehouse)
+    warehouse.dispose()
+
+    lines = [r.getMessage() + (r.exc_text or "") for r in caplog.records if r.name.startswith("sis_pipeline")]
+    assert any("could not record the failed sync (RuntimeError after RuntimeError)" in line for line in lines)
+    assert not any(planted in line for line in lines)
+    assert all(r.exc_info is None for r in caplog.records if r.name.startswith("sis_pipeline"))

@@ -230,3 +230,138 @@ def test_any_table_written_by_python_csv_parses_back_to_the_same_values(table):
     assert parsed.bad_rows.empty
     assert parsed.frame[names].values.tolist() == [[v.strip() for v in row] for row in rows]
     assert parsed.frame["line_number"].tolist() == starts
+
+
+# --- files that are not CSV text, named for what they are (bad_files.py has the full corpus) -------------
+
+
+@pytest.mark.parametrize(
+    ("head", "words"),
+    [
+        (b"\x1f\x8b\x08\x00" + bytes(20), "gzip-compressed"),
+        (b"BZh91AY&SY" + bytes(20), "bzip2-compressed"),
+        (b"PK\x03\x04" + bytes(26) + b"[Content_Types].xml" + b"xl/workbook.xml", "Excel workbook (.xlsx)"),
+        (b"PK\x03\x04" + bytes(26) + b"mimetypeapplication/vnd.oasis.opendocument.spreadsheet", "(.ods)"),
+        (b"PK\x03\x04" + bytes(26) + b"roster.csv", "ZIP archive"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(40), "Excel 97-2003 workbook (.xls)"),
+        (b"%PDF-1.7\n" + bytes(20), "PDF document"),
+        ("first_name\n".encode("utf-32"), "UTF-32"),
+        ("first_name\n".encode("utf-16"), "UTF-16"),
+    ],
+    ids=["gzip", "bzip2", "xlsx", "ods", "zip", "xls", "pdf", "utf32", "utf16"],
+)
+def test_upload_that_is_not_csv_text_is_ignored_saying_what_it_is(head, words):
+    problem = _parse(head).problem
+    assert problem.code == "not_decodable" and problem.byte_offset == 0
+    assert words in problem.message and "byte offset 0" in problem.message
+
+
+def test_utf16_without_bom_is_recognised_by_its_nul_bytes():
+    problem = _parse(f"{HEADER}\nA,B,a@x.org\n".encode("utf-16-le")).problem
+    assert problem.code == "not_decodable" and problem.byte_offset == 1
+    assert "UTF-16" in problem.message
+
+
+def test_nul_byte_in_otherwise_text_file_is_called_binary_not_utf16():
+    data = f"{HEADER}\nA,B,a@x.org\n".encode() * 20 + b"\x00"
+    problem = _parse(data).problem
+    assert problem.byte_offset == len(data) - 1 and "UTF-16" not in problem.message
+
+
+def test_utf8_file_with_one_invalid_byte_is_ignored_rather_than_read_as_windows_1252():
+    good = f"{HEADER}\nZoë,Müller,z@x.org\n".encode()
+    data = good + b"A\xff,B,a@x.org\n"
+    problem = _parse(data).problem
+    assert problem.code == "not_decodable" and problem.byte_offset == len(good) + 1
+    assert "0xff" in problem.message and f"byte offset {len(good) + 1}" in problem.message
+
+
+def test_ascii_file_with_a_windows_1252_letter_is_still_read_as_windows_1252():
+    parsed = _parse(f"{HEADER}\nA,B,a@x.org\n".encode() + "Zoé,C,c@x.org\n".encode("cp1252"))
+    assert parsed.problem is None and parsed.encoding == "windows-1252"
+    assert _records(parsed)[1]["first_name"] == "Zoé"
+
+
+def test_file_ending_inside_a_multibyte_character_is_ignored_as_truncated():
+    data = f"{HEADER}\nA,B,a@x.org\nZo".encode() + "ë".encode()[:1]
+    problem = _parse(data).problem
+    assert problem.code == "truncated" and problem.byte_offset == len(data) - 1
+    assert "cut off" in problem.message
+
+
+def test_trailing_dos_end_of_file_mark_is_not_a_record():
+    parsed = _parse(f"{HEADER}\nA,B,a@x.org\n".encode() + b"\x1a")
+    assert parsed.problem is None and parsed.rows_total == 1 and parsed.bad_rows.empty
+    assert parsed.unterminated_line is None
+
+
+# --- invisible characters and odd white space --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "First\u00a0Name,Last\u202fName,\u3000Email",  # no-break, narrow no-break, ideographic spaces
+        "first_name,last_\ufeffname,email",  # a BOM in the middle (two exports concatenated)
+        "\u200bfirst_name\u200c,last_name,\u200b\u200demail\u2060",  # zero-width characters
+    ],
+    ids=["unicode-spaces", "bom-in-the-middle", "zero-width"],
+)
+def test_header_with_invisible_or_unicode_space_characters_is_read_as_it_looks(header):
+    parsed = _parse(f"{header}\nA,B,a@x.org\n")
+    assert parsed.problem is None
+    assert parsed.columns == ["first_name", "last_name", "email"]
+
+
+def test_soft_hyphen_is_removed_not_turned_into_an_underscore():
+    assert _parse("first\u00adname,last_name,email\nA,B,a@x.org\n").columns[0] == "firstname"
+
+
+def test_values_are_trimmed_of_no_break_spaces_and_of_invisible_characters_at_their_ends():
+    parsed = _parse(f"{HEADER}\n\u00a0A\u200b,\ufeffB\u00a0,\u200ba@x.org\u2060 \n")
+    assert _records(parsed)[0] == {"first_name": "A", "last_name": "B", "email": "a@x.org", "line_number": 2}
+
+
+def test_invisible_characters_inside_a_value_are_kept():
+    parsed = _parse(f"{HEADER}\nA,B,a\u200b@x.org\n")
+    assert _records(parsed)[0]["email"] == "a\u200b@x.org"
+
+
+# --- what validation needs from the parser ------------------------------------------------------------------
+
+
+def test_keep_materialises_only_the_chosen_columns_but_lists_them_all():
+    header = ",".join([*HEADER.split(","), *(f"x{i}" for i in range(2000))])
+    row = ",".join(["A", "B", "a@x.org", *("v" for _ in range(2000))])
+    parsed = parse_csv(f"{header}\n{row}\n{row}\n".encode(), "wide.csv", keep=lambda n: not n.startswith("x"))
+    assert len(parsed.columns) == 2003
+    assert list(parsed.frame.columns) == ["first_name", "last_name", "email", "line_number"]
+    assert parsed.frame["email"].tolist() == ["a@x.org", "a@x.org"]
+
+
+def test_keep_applies_to_files_read_the_careful_way_too():
+    parsed = parse_csv(f'{HEADER},notes\nA,O"Neal,a@x.org,n\n'.encode(), "r.csv", keep=lambda n: n != "notes")
+    assert list(parsed.frame.columns) == ["first_name", "last_name", "email", "line_number"]
+    assert _records(parsed)[0]["last_name"] == 'O"Neal'
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (f"{HEADER}\nA,B,a@x.org\nC,D,c@x", 3),
+        (f'{HEADER}\nA,"B\nB",a@x.org\nC,D,c@x', 4),
+        (f'{HEADER}\nA,O"B,a@x.org\nC,D,c@x', 3),  # read the careful way
+        (f"{HEADER}\nA,B,a@x.org\n", None),
+        (f"{HEADER}\nA,B,a@x.org\r", None),
+        (f"{HEADER}\nA,B,a@x.org\n  ", None),
+    ],
+    ids=["cut", "after-multiline", "careful-reader", "lf", "cr", "trailing-spaces"],
+)
+def test_last_line_without_a_line_break_is_reported(text, line):
+    assert _parse(text).unterminated_line == line
+
+
+def test_multiline_values_are_flagged_only_when_a_line_break_sits_inside_quotes():
+    assert _parse(f'{HEADER}\n"a\nb",B,a@x.org\n').multiline_values
+    assert not _parse(f'{HEADER}\n"a, b",B,a@x.org\n').multiline_values
+    assert _parse(f'{HEADER}\nO"Neal,"x\ny",a@x.org\n').multiline_values  # careful reader

@@ -107,6 +107,18 @@ def test_user_rejected_for_blank_identifier_is_protected_by_email():
     assert plan.counts()["missing"] == 0
 
 
+def test_user_rejected_for_invalid_email_is_protected_by_stored_login():
+    # identifier email: the row's email was unusable, but its student id names the stored user
+    cfg = client(auto_deprovision=True)
+    keep = stored_person(2, user_login="22_u2")
+    plan = plan_for(cfg, [person(1)], [stored_person(1), keep], protected=["student1@school.edu", "22_u2"])
+    assert plan.counts()["deprovisioned"] == 0
+    assert plan.counts()["missing"] == 0
+    # and without that protection the same user is deprovisioned (the rule above is what keeps them)
+    unprotected = plan_for(cfg, [person(1)], [stored_person(1), keep], protected=["student1@school.edu"])
+    assert unprotected.counts()["deprovisioned"] == 1
+
+
 def test_only_active_users_count_towards_missing():
     cfg = client(auto_deprovision=True)
     plan = plan_for(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pandas as pd
 import pytest
 
 from sis_pipeline import sync_plan
@@ -238,6 +239,26 @@ def test_absent_user_keeps_communities(warehouse, monkeypatch):
     assert calls == []
     assert communities_of(warehouse) == {chess}
     assert stored(warehouse).loc["student2@school.edu", "status"] == "deprovisioned"
+
+
+def test_status_summary_counts_active_and_lists_only_the_others(warehouse):
+    cfg = client(auto_deprovision=True, guard={"max_fraction": 1.0})
+    SyncFile(cfg, [person(n) for n in range(4)]).apply(warehouse)
+    SyncFile(cfg, [person(0), person(1), person(2, delete=True)]).apply(warehouse)
+    SyncFile(client("57"), [person(9)]).apply(warehouse)  # another client's rows are not counted
+    active, inactive = warehouse.status_summary("22")
+    assert active == 2
+    assert sorted(map(tuple, inactive[["subscriber_key", "status"]].to_numpy().tolist())) == [
+        ("student2@school.edu", "deleted"),
+        ("student3@school.edu", "deprovisioned"),
+    ]
+    found = warehouse.statuses_of(
+        "22", pd.Series(["student2@school.edu", "nobody@school.edu", "student0@school.edu"])
+    )
+    assert dict(zip(found["subscriber_key"], found["status"], strict=True)) == {
+        "student2@school.edu": "deleted",
+        "student0@school.edu": "active",
+    }
 
 
 def test_subscriber_statuses_are_keys_and_statuses_only(warehouse):
@@ -557,3 +578,14 @@ def test_a_stale_previewed_plan_is_planned_again_under_the_lock(warehouse):
     assert outcome.status == "applied"
     assert outcome.counts["inserted"] == 0 and outcome.counts["unchanged_rows"] == 3
     assert set(stored(warehouse)["status"]) == {"active"}
+
+
+def test_rows_read_in_batches_are_the_same_rows(warehouse, monkeypatch):
+    cfg = client(auto_deprovision=True, guard={"max_fraction": 1.0})
+    SyncFile(cfg, [person(n, user_login=f"22_u{n}" if n % 2 else None) for n in range(7)]).apply(warehouse)
+    SyncFile(cfg, [person(n) for n in range(5)]).apply(warehouse)
+    whole = warehouse.current_subscribers("22").sort_values("subscriber_key", ignore_index=True)
+    monkeypatch.setattr(bulk, "FETCH_ROWS", 2)  # four batches, the last one short
+    batched = warehouse.current_subscribers("22").sort_values("subscriber_key", ignore_index=True)
+    pd.testing.assert_frame_equal(batched, whole)
+    assert len(whole) == 7 and set(whole["status"]) == {"active", "deprovisioned"}

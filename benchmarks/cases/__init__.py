@@ -112,6 +112,7 @@ class BenchContext:
     s3_endpoint: str | None = None
     naive_sample_rows: int = 100_000
     timeout: float = 1800.0  # seconds each phase may take before it is reported as timed out
+    profile: bool = False  # record a pyinstrument profile of the measured phase (profiles/<case>_<db>.*)
     env: dict[str, str] = field(default_factory=dict)
 
     def files(self) -> tuple[FileStats, FileStats]:

@@ -14,9 +14,18 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 import pyarrow.compute as pc
 
-from sis_pipeline.columns import CORE_COLUMNS, EMAIL, USER_ID, USER_LOGIN, USER_TYPE
+from sis_pipeline.columns import (
+    CORE_COLUMNS,
+    EMAIL,
+    INVISIBLE_CHARACTERS,
+    USER_ID,
+    USER_LOGIN,
+    USER_TYPE,
+    normalise_header,
+)
 from sis_pipeline.registry import ClientConfig
 from sis_pipeline.sisfile.mapping import (
+    MAX_WARNED_VALUES,
     arrow_strings,
     duplicated,
     has_multiple_values,
@@ -25,21 +34,38 @@ from sis_pipeline.sisfile.mapping import (
     string_series,
     value_warnings,
 )
-from sis_pipeline.sisfile.parse import STRING_DTYPE, UNNAMED_PREFIX, ParsedFile, parse_csv
+from sis_pipeline.sisfile.parse import STRING_DTYPE, TRUNCATED, UNNAMED_PREFIX, ParsedFile, parse_csv
 from sis_pipeline.sisfile.result import REJECTED_COLUMNS, FileProblem, FileWarning, ValidatedFile
 
 log = logging.getLogger(__name__)
 
 # Reason codes of rejected rows (docs/FILE_CONTRACT.md lists them for school IT).
 FIELD_COUNT = "field_count"
+LINE_BREAK = "line_break"
 BLANK_EMAIL = "blank_email"
 INVALID_EMAIL = "invalid_email"
 BLANK_IDENTIFIER = "blank_identifier"
 MULTIPLE_USER_TYPES = "multiple_user_types"
 DUPLICATE = "duplicate"
-REASON_CODES = (FIELD_COUNT, BLANK_EMAIL, INVALID_EMAIL, BLANK_IDENTIFIER, MULTIPLE_USER_TYPES, DUPLICATE)
+REASON_CODES = (
+    FIELD_COUNT,
+    LINE_BREAK,
+    BLANK_EMAIL,
+    INVALID_EMAIL,
+    BLANK_IDENTIFIER,
+    MULTIPLE_USER_TYPES,
+    DUPLICATE,
+)
+#: Rejections of an unterminated last line that mean the file was cut off there (see validate_file).
+TRUNCATION_EVIDENCE = (FIELD_COUNT, BLANK_EMAIL, INVALID_EMAIL, BLANK_IDENTIFIER)
 
 MISSING_COLUMN = "missing_column"
+WRONG_DELIMITER = "wrong_delimiter"
+_DELIMITERS = ((";", "semicolon"), ("\t", "tab"))
+#: A line break anywhere in a value: `\r\n`, `\n` or a lone `\r`.
+_LINE_BREAKS = r"\r\n|\r|\n"
+#: Removed from a rejected row's identity values before they are protected a second time.
+_INVISIBLE_OR_SPACE = f"[\\s{INVISIBLE_CHARACTERS}]"
 #: `column_name` of a rejection that concerns the whole line rather than one column.
 WHOLE_ROW = None
 
@@ -50,12 +76,19 @@ def _blank(values: pd.Series) -> np.ndarray:
     return (values.fillna("") == "").to_numpy(dtype=bool)
 
 
-def _identity_values(values: pd.Series, column: str) -> pa_arrow.ChunkedArray:
-    """What makes two rows the same person in `column`: emails case-insensitively, logins exactly; blanks
-    are nobody."""
+def _identity_values(values: pd.Series, column: str, client_id: str) -> pa_arrow.ChunkedArray:
+    """What makes two rows the same person in `column`: emails case-insensitively, logins exactly as
+    stored; blanks are nobody."""
     values = arrow_strings(values)
     values = pc.if_else(pc.equal(values, ""), pa_arrow.scalar(None, pa_arrow.large_string()), values)
-    return pc.utf8_lower(values) if column == EMAIL else values
+    if column == EMAIL:
+        return pc.utf8_lower(values)
+    # `u1` is stored `22_u1`, which a row may also hold in email format (`22_.a@x.org` is `.a@x.org`'s
+    # stored form): two rows, one subscriber. Only possible when some value starts with the prefix, so
+    # the (slower) stored form is only computed then.
+    if not pc.any(pc.starts_with(values, f"{client_id}_")).as_py():
+        return values
+    return identity_key(values, column, client_id)
 
 
 def _check(rule):
@@ -63,19 +96,29 @@ def _check(rule):
     return lambda values: pd.Series(rule(values), index=values.index)
 
 
-def _unique_identity(column: str):
-    return _check(lambda values: ~duplicated(_identity_values(values, column)))
+def _unique_identity(column: str, client_id: str):
+    return _check(lambda values: ~duplicated(_identity_values(values, column, client_id)))
 
 
-def build_schema(client: ClientConfig) -> pa.DataFrameSchema:
+def _no_line_break(values: pd.Series) -> np.ndarray:
+    found = pc.fill_null(pc.match_substring_regex(arrow_strings(values), _LINE_BREAKS), False)
+    return ~found.to_numpy(zero_copy_only=False).astype(bool)
+
+
+def build_schema(client: ClientConfig, *, multiline: bool = False) -> pa.DataFrameSchema:
     """The row rules for one client. Columns the file lacks are skipped (missing required ones were caught
-    at file level); values are trimmed strings, so blank means ``""``."""
+    at file level); values are trimmed strings, so blank means ``""``.
+
+    With `multiline` (some quoted value of the file holds a line break), a line break in any core column
+    rejects the row: no name, email, id, type, year or flag spans lines, and such a value is what a quote
+    opened by mistake and closed lines later looks like — the rows in between were swallowed into it.
+    """
     columns = {
         EMAIL: pa.Column(
             checks=[
                 pa.Check(_check(lambda s: ~_blank(s)), name=BLANK_EMAIL),
                 pa.Check(_check(lambda s: _blank(s) | is_email(s)), name=INVALID_EMAIL),
-                pa.Check(_unique_identity(EMAIL), name=DUPLICATE),
+                pa.Check(_unique_identity(EMAIL, client.id), name=DUPLICATE),
             ],
             nullable=True,
         ),
@@ -86,10 +129,15 @@ def build_schema(client: ClientConfig) -> pa.DataFrameSchema:
         ),
     }
     for column in (USER_ID, USER_LOGIN):
-        checks = [pa.Check(_unique_identity(column), name=DUPLICATE)]
+        checks = [pa.Check(_unique_identity(column, client.id), name=DUPLICATE)]
         if client.identifier == column:
             checks.insert(0, pa.Check(_check(lambda s: ~_blank(s)), name=BLANK_IDENTIFIER))
         columns[column] = pa.Column(checks=checks, nullable=True, required=client.identifier == column)
+    if multiline:
+        for column in CORE_COLUMNS:
+            spec = columns.setdefault(column, pa.Column(nullable=True, required=False))
+            check = pa.Check(_check(_no_line_break), name=LINE_BREAK)
+            columns[column] = spec.set_checks([check, *spec.checks])
     return pa.DataFrameSchema(columns, strict=False, name=f"sis_file[{client.id}]")
 
 
@@ -102,13 +150,16 @@ def _messages(failures: pd.DataFrame, frame: pd.DataFrame, client: ClientConfig)
         MULTIPLE_USER_TYPES: "user_type holds more than one value; only one user type per user",
     }
     messages = failures["reason_code"].map(fixed).astype(object)
+    spans = (failures["reason_code"] == LINE_BREAK).to_numpy()
+    if spans.any():
+        messages[spans] = _line_break_messages(failures[spans], frame)
     for column in _IDENTITY_COLUMNS:
         is_dup = ((failures["reason_code"] == DUPLICATE) & (failures["column_name"] == column)).to_numpy()
         if not is_dup.any():
             continue
         # The rows pandera flagged are exactly the duplicates: reuse them rather than sorting again.
         dup_rows = np.isin(frame["line_number"].to_numpy(), failures.loc[is_dup, "line_number"].to_numpy())
-        identity = _identity_values(frame[column][dup_rows], column).to_pylist()
+        identity = _identity_values(frame[column][dup_rows], column, client.id).to_pylist()
         lines = frame["line_number"].to_numpy()[dup_rows]
         groups = pd.Series(lines).groupby(identity)
         rows, first = groups.transform("size"), groups.transform("min")
@@ -121,11 +172,26 @@ def _messages(failures: pd.DataFrame, frame: pd.DataFrame, client: ClientConfig)
     return messages
 
 
-def row_failures(frame: pd.DataFrame, client: ClientConfig) -> pd.DataFrame:
+def _line_break_messages(failures: pd.DataFrame, frame: pd.DataFrame) -> list[str]:
+    """Where each value with a line break ends, so the school can find the quote that went wrong."""
+    indexed = frame.set_index("line_number")
+    messages = []
+    for line, column in zip(failures["line_number"], failures["column_name"], strict=True):
+        value = arrow_strings(pd.Series([indexed.at[line, column]], dtype=STRING_DTYPE))
+        breaks = int(pc.count_substring_regex(value, _LINE_BREAKS)[0].as_py())
+        messages.append(
+            f"{column} holds a line break (its value runs from line {line} to line {line + breaks}): "
+            "usually a quote opened and closed in the wrong place, which pulls the lines in between into one "
+            "value; those lines are not imported"
+        )
+    return messages
+
+
+def row_failures(frame: pd.DataFrame, client: ClientConfig, *, multiline: bool = False) -> pd.DataFrame:
     """REJECTED_COLUMNS for every (row, column, rule) the schema fails on, from pandera's lazy validation."""
     indexed = frame.set_index("line_number", drop=False)
     try:
-        build_schema(client).validate(indexed, lazy=True)
+        build_schema(client, multiline=multiline).validate(indexed, lazy=True)
         return _empty_rejected()
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases
@@ -186,14 +252,27 @@ def _finish_rejected(parts: list[pd.DataFrame]) -> pd.DataFrame:
 def _column_warnings(parsed: ParsedFile, client: ClientConfig) -> list[FileWarning]:
     """File-level warnings: columns the client does not map, and mapped columns the file lacks."""
     warnings = []
-    for name in parsed.columns:
-        if name.startswith(UNNAMED_PREFIX) or name in CORE_COLUMNS or name in client.extra_fields:
-            continue
+    unmapped = [
+        name
+        for name in parsed.columns
+        if not (name.startswith(UNNAMED_PREFIX) or name in CORE_COLUMNS or name in client.extra_fields)
+    ]
+    for name in unmapped[:MAX_WARNED_VALUES]:
         warnings.append(
             FileWarning(
                 code="unmapped_column",
                 message=f"{parsed.source}: column {name!r} is not mapped for this client and is ignored",
                 column_name=name,
+            )
+        )
+    if len(unmapped) > MAX_WARNED_VALUES:
+        rest = len(unmapped) - MAX_WARNED_VALUES
+        warnings.append(
+            FileWarning(
+                code="unmapped_column",
+                message=f"{parsed.source}: {rest} more columns are not mapped for this client and are "
+                "ignored (not listed)",
+                count=rest,
             )
         )
     for name, config in client.extra_fields.items():
@@ -220,20 +299,37 @@ def _column_warnings(parsed: ParsedFile, client: ClientConfig) -> list[FileWarni
 def _protected_keys(
     frame: pd.DataFrame,
     rejected_mask: np.ndarray,
-    valid_keys: pd.Series,
+    valid_keys: pa_arrow.ChunkedArray,
     bad_rows: pd.DataFrame,
+    spanning_lines: np.ndarray,
     client_id: str,
 ) -> pd.Series:
     """Every identity present in the file. A rejected row protects each identity it could stand for (its
-    email lower-cased, its user_id and user_login as stored); a row with the wrong field count protects every
-    one of its values read both ways, since which field is the identifier cannot be known."""
+    email lower-cased, its user_id and user_login as stored, and each of these without invisible characters
+    or spaces); a row with the wrong field count, or whose value spans lines, protects every piece of every
+    field read both ways, since which piece is whose identifier cannot be known."""
     candidates = []
     rejected = frame[rejected_mask]
     for column in _IDENTITY_COLUMNS:
         if column in rejected:
-            candidates.append(identity_key(rejected[column], column, client_id))
+            values = arrow_strings(rejected[column])
+            candidates += [
+                identity_key(values, column, client_id),
+                identity_key(pc.replace_substring_regex(values, _INVISIBLE_OR_SPACE, ""), column, client_id),
+            ]
+    pieces = []
     if len(bad_rows):
-        values = pa_arrow.array(bad_rows["fields"].explode().dropna().tolist(), pa_arrow.large_string())
+        pieces += bad_rows["fields"].explode().dropna().tolist()
+    if len(spanning_lines):
+        spanning = frame.loc[np.isin(frame["line_number"].to_numpy(), spanning_lines)]
+        for column in spanning.columns.intersection(list(CORE_COLUMNS)):
+            pieces += spanning[column].dropna().tolist()
+    if pieces:
+        # the pieces of a value that swallowed lines are that line's fields: split it back up
+        values = pc.list_flatten(
+            pc.split_pattern_regex(pa_arrow.array(pieces, pa_arrow.large_string()), r'[\r\n,"]+')
+        )
+        values = pa_arrow.chunked_array([pc.utf8_trim_whitespace(values)])
         candidates += [identity_key(values, EMAIL, client_id), identity_key(values, USER_ID, client_id)]
     valid_keys = valid_keys.filter(pc.is_valid(valid_keys))
     if not candidates:
@@ -246,38 +342,100 @@ def _protected_keys(
     return string_series(pa_arrow.chunked_array([*valid_keys.chunks, extra], pa_arrow.large_string()))
 
 
-def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFile:
-    """Parse and validate one uploaded file under a client's rules. Never raises for bad input: an ignored
-    file has `problem` set and empty frames; rejected rows are listed with line, column and reason."""
-    parsed = parse_csv(data, source)
-    if not parsed.ignored:
-        missing = [c for c in client.required_columns if c not in parsed.columns]
-        if missing:
-            parsed.problem = FileProblem(
-                code=MISSING_COLUMN,
-                message=f"{source}: line 1: required column(s) missing: {', '.join(missing)}",
+def _keep(client: ClientConfig):
+    """Which columns validation needs: the core ones and the client's mapped extra fields."""
+    return lambda name: name in CORE_COLUMNS or name in client.extra_fields
+
+
+def _missing_columns(parsed: ParsedFile, client: ClientConfig, source: str) -> FileProblem | None:
+    """The missing-column problem, explaining the usual causes: another separator, or no header row."""
+    missing = [c for c in client.required_columns if c not in parsed.columns]
+    if not missing:
+        return None
+    listed = ", ".join(missing)
+    found = [c for c in client.required_columns if c in parsed.columns]
+    hint = ""
+    for delimiter, name in _DELIMITERS:
+        if not any(delimiter in cell for cell in parsed.raw_header):
+            continue
+        parts = {normalise_header(part) for cell in parsed.raw_header for part in cell.split(delimiter)}
+        if not found and set(missing) <= parts:
+            return FileProblem(
+                code=WRONG_DELIMITER,
+                message=f"{source}: line 1: the file is {name}-separated (its header names the columns with "
+                f"{name}s between them), but it must be comma-separated: export it as 'CSV UTF-8 (Comma "
+                f"delimited)'. Read with commas, the required column(s) {listed} are missing",
                 line_number=1,
                 column_name=missing[0],
             )
-    if parsed.ignored:
-        log.warning("file %s ignored for client %s: %s", source, client.id, parsed.problem.code)
-        return ValidatedFile(
-            client_id=client.id,
-            source=source,
-            encoding=parsed.encoding,
-            rows_total=parsed.rows_total,
-            valid=pd.DataFrame({"line_number": pd.Series([], dtype=np.int64)}),
-            rejected=_empty_rejected().astype({c: STRING_DTYPE for c in REJECTED_COLUMNS[1:]}),
-            warnings=parsed.warnings,
-            problem=parsed.problem,
+        hint = f"; the header holds {name}s: if the file is {name}-separated, export it comma-separated"
+        break
+    if not hint and is_email(pd.Series(parsed.raw_header, dtype=STRING_DTYPE).str.strip()).any():
+        hint = (
+            "; line 1 looks like a student's row, not a header (it holds an email address): the file must "
+            "start with a header row naming the columns"
         )
+    return FileProblem(
+        code=MISSING_COLUMN,
+        message=f"{source}: line 1: required column(s) missing: {listed}{hint}",
+        line_number=1,
+        column_name=missing[0],
+    )
+
+
+def _truncated(parsed: ParsedFile, rejected: pd.DataFrame, source: str) -> FileProblem | None:
+    """A last line without a line break whose row is incomplete: the file was cut off there, and every row
+    after the cut is missing, so nothing may be applied (the guard alone would let a small loss through)."""
+    line = parsed.unterminated_line
+    if line is None:
+        return None
+    reasons = rejected.loc[rejected["line_number"] == line, "reason_code"]
+    evidence = sorted(set(reasons.dropna()) & set(TRUNCATION_EVIDENCE))
+    if not evidence:
+        return None
+    return FileProblem(
+        code=TRUNCATED,
+        message=f"{source}: line {line}: the last line does not end with a line break and its row is "
+        f"incomplete ({', '.join(evidence)}): the file looks cut off, so it is ignored rather than deprovision the "
+        f"students after the cut. Upload the complete file; if it is complete, fix line {line}",
+        line_number=line,
+    )
+
+
+def _ignored(parsed: ParsedFile, client: ClientConfig, problem: FileProblem) -> ValidatedFile:
+    log.warning("file %s ignored for client %s: %s", parsed.source, client.id, problem.code)
+    return ValidatedFile(
+        client_id=client.id,
+        source=parsed.source,
+        encoding=parsed.encoding,
+        rows_total=parsed.rows_total,
+        valid=pd.DataFrame({"line_number": pd.Series([], dtype=np.int64)}),
+        rejected=_empty_rejected().astype({c: STRING_DTYPE for c in REJECTED_COLUMNS[1:]}),
+        warnings=parsed.warnings,
+        problem=problem,
+    )
+
+
+def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFile:
+    """Parse and validate one uploaded file under a client's rules. Never raises for bad input: an ignored
+    file has `problem` set and empty frames; rejected rows are listed with line, column and reason."""
+    parsed = parse_csv(data, source, keep=_keep(client))
+    problem = parsed.problem or _missing_columns(parsed, client, source)
+    if problem is not None:
+        return _ignored(parsed, client, problem)
     frame = parsed.frame
-    rejected = _finish_rejected([_field_count_failures(parsed), row_failures(frame, client)])
+    rejected = _finish_rejected(
+        [_field_count_failures(parsed), row_failures(frame, client, multiline=parsed.multiline_values)]
+    )
+    problem = _truncated(parsed, rejected, source)
+    if problem is not None:
+        return _ignored(parsed, client, problem)
     rejected_mask = frame["line_number"].isin(rejected["line_number"]).to_numpy()
     kept = [c for c in frame.columns if c in CORE_COLUMNS or c in client.extra_fields] + ["line_number"]
     valid = frame[kept] if not rejected_mask.any() else frame.loc[~rejected_mask, kept].reset_index(drop=True)
     warnings, warned = value_warnings(valid, client)
     valid_keys = identity_key(valid[client.identifier], client.identifier, client.id)
+    spanning = rejected.loc[rejected["reason_code"] == LINE_BREAK, "line_number"].unique()
     result = ValidatedFile(
         client_id=client.id,
         source=source,
@@ -286,7 +444,9 @@ def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFi
         valid=valid,
         rejected=rejected,
         warnings=parsed.warnings + _column_warnings(parsed, client) + warnings,
-        protected_keys=_protected_keys(frame, rejected_mask, valid_keys, parsed.bad_rows, client.id),
+        protected_keys=_protected_keys(
+            frame, rejected_mask, valid_keys, parsed.bad_rows, np.asarray(spanning), client.id
+        ),
         rows_warned=int(warned.sum()),
     )
     log.info(

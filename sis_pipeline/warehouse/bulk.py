@@ -93,8 +93,11 @@ class BulkWriter:
         self.conn = conn
 
     # Reads ---------------------------------------------------------------------------------------------
-    def read_subscribers(self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS) -> pd.DataFrame:
-        """The client's stored subscribers, `columns` only (CURRENT_COLUMNS by default)."""
+    def read_subscribers(
+        self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS, *, inactive_only: bool = False
+    ) -> pd.DataFrame:
+        """The client's stored subscribers (only those not `active` with `inactive_only`), `columns` only
+        (CURRENT_COLUMNS by default)."""
         raise NotImplementedError
 
     def read_memberships(self, client_id: str) -> pd.DataFrame:
@@ -118,11 +121,31 @@ class BulkWriter:
         raise NotImplementedError
 
 
+#: Rows fetched and converted to Arrow at a time: a million rows as Python tuples would be ~0.5 GiB at once.
+FETCH_ROWS = 50_000
+
+
+def _row_struct(columns: tuple[str, ...]) -> pa.DataType:
+    types = [pa.int64() if name in _ARROW_TYPES else pa.large_string() for name in columns]
+    return pa.struct([pa.field(n, t) for n, t in zip(columns, types, strict=True)])
+
+
+def _frame_from_cursor(cursor, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A query's rows as typed columns, fetched in batches so only one batch is ever Python objects."""
+    struct = _row_struct(columns)
+    chunks = []
+    while rows := cursor.fetchmany(FETCH_ROWS):
+        chunks.append(pa.array(rows, type=struct))
+    return _frame_from_struct(pa.chunked_array(chunks, type=struct).combine_chunks(), columns)
+
+
 def _frame_from_rows(rows: list[tuple], columns: tuple[str, ...]) -> pd.DataFrame:
     """Fetched rows as typed columns (Arrow strings, nullable ints, bools), converted in C by pyarrow."""
     # Tuples -> one struct array -> its fields: no Python-level transposition of a million rows.
-    types = [pa.int64() if name in _ARROW_TYPES else pa.large_string() for name in columns]
-    struct = pa.array(rows, type=pa.struct([pa.field(n, t) for n, t in zip(columns, types, strict=True)]))
+    return _frame_from_struct(pa.array(rows, type=_row_struct(columns)), columns)
+
+
+def _frame_from_struct(struct: pa.StructArray, columns: tuple[str, ...]) -> pd.DataFrame:
     data = {}
     for name, array in zip(columns, struct.flatten(), strict=True):
         if _ARROW_TYPES.get(name) == pa.bool_():
@@ -146,18 +169,21 @@ class SqliteBulkWriter(BulkWriter):
         # SQLAlchemy's storage format for DateTime on SQLite, so ORM/Core reads parse it back.
         return now.strftime("%Y-%m-%d %H:%M:%S.%f")
 
-    def read_subscribers(self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS) -> pd.DataFrame:
+    def read_subscribers(
+        self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS, *, inactive_only: bool = False
+    ) -> pd.DataFrame:
+        where = "client_id = ? AND status <> 'active'" if inactive_only else "client_id = ?"
         cursor = self._raw.execute(
-            f"SELECT {', '.join(columns)} FROM subscribers WHERE client_id = ?", (client_id,)
+            f"SELECT {', '.join(columns)} FROM subscribers WHERE {where}", (client_id,)
         )
-        return _frame_from_rows(cursor.fetchall(), columns)
+        return _frame_from_cursor(cursor, columns)
 
     def read_memberships(self, client_id: str) -> pd.DataFrame:
         cursor = self._raw.execute(
             f"SELECT {', '.join(MEMBERSHIP_COLUMNS)} FROM subscriber_communities WHERE client_id = ?",
             (client_id,),
         )
-        return _frame_from_rows(cursor.fetchall(), MEMBERSHIP_COLUMNS)
+        return _frame_from_cursor(cursor, MEMBERSHIP_COLUMNS)
 
     def upsert_subscribers(self, client_id: str, frame: pd.DataFrame, sync_id: int, now: datetime) -> None:
         if not len(frame):
@@ -251,6 +277,9 @@ class PostgresBulkWriter(BulkWriter):
             cursor.execute(f"CREATE TEMPORARY TABLE {name} ({definition}) ON COMMIT DROP")
             with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN (FORMAT csv)") as copy:
                 copy.write(self._csv(frame, columns))
+            # Autovacuum never sees temporary tables: without statistics the planner guesses their size and
+            # may hash-join a 1% change set against every membership row instead of probing the index.
+            cursor.execute(f"ANALYZE {name}")
 
     def _execute(self, sql: str, params: dict) -> None:
         with self._raw.cursor() as cursor:
@@ -280,8 +309,12 @@ class PostgresBulkWriter(BulkWriter):
         )
         return table.to_pandas(types_mapper={pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}.get)
 
-    def read_subscribers(self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS) -> pd.DataFrame:
+    def read_subscribers(
+        self, client_id: str, columns: tuple[str, ...] = CURRENT_COLUMNS, *, inactive_only: bool = False
+    ) -> pd.DataFrame:
         select = f"SELECT {', '.join(columns)} FROM subscribers WHERE client_id = %(client)s"
+        if inactive_only:
+            select += " AND status <> 'active'"
         return self._copy_out(select, client_id, columns, _ARROW_TYPES)
 
     def read_memberships(self, client_id: str) -> pd.DataFrame:

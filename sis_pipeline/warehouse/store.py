@@ -16,7 +16,7 @@ from sis_pipeline.sync_plan import SyncPlan, build_sync_plan
 from sis_pipeline.warehouse import migrate
 from sis_pipeline.warehouse.bulk import writer_for
 from sis_pipeline.warehouse.engine import create_warehouse_engine, read_transaction, write_transaction
-from sis_pipeline.warehouse.tables import SYNC_STATUSES, sis_rejected_rows, sis_sync_log
+from sis_pipeline.warehouse.tables import SYNC_STATUSES, sis_rejected_rows, sis_sync_log, subscribers
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,34 @@ class Warehouse:
         """The client's stored subscribers as `subscriber_key` and `status` only (a cheap post-write check)."""
         with read_transaction(self.engine) as conn:
             return writer_for(conn).read_subscribers(client_id, ("subscriber_key", "status"))
+
+    def status_summary(self, client_id: str) -> tuple[int, pd.DataFrame]:
+        """The client's number of active subscribers, and its subscribers that are not active as
+        `subscriber_key` and `status`, from one snapshot: a post-write check that does not read every
+        active row back."""
+        with read_transaction(self.engine) as conn:
+            active = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(subscribers)
+                .where(subscribers.c.client_id == client_id, subscribers.c.status == "active")
+            ).scalar_one()
+            inactive = writer_for(conn).read_subscribers(
+                client_id, ("subscriber_key", "status"), inactive_only=True
+            )
+        return int(active), inactive
+
+    def statuses_of(self, client_id: str, keys: pd.Series, chunk: int = 500) -> pd.DataFrame:
+        """`subscriber_key` and `status` of those of `keys` that are stored (for a few keys)."""
+        values = pd.Series(keys, dtype="string").dropna().unique().tolist()
+        rows: list = []
+        with read_transaction(self.engine) as conn:
+            for start in range(0, len(values), chunk):
+                query = sa.select(subscribers.c.subscriber_key, subscribers.c.status).where(
+                    subscribers.c.client_id == client_id,
+                    subscribers.c.subscriber_key.in_(values[start : start + chunk]),
+                )
+                rows.extend(conn.execute(query).fetchall())
+        return pd.DataFrame(rows, columns=["subscriber_key", "status"])
 
     def current_memberships(self, client_id: str) -> pd.DataFrame:
         """The client's stored community memberships (for tests and tools: a sync never reads them)."""
@@ -332,8 +360,14 @@ class Warehouse:
                     forced=forced,
                     guard_overridden=override_guard,
                 )
-        except Exception:
-            log.exception("client %s: could not record the failed sync", client_id)
+        except Exception as record_error:
+            # The type only, no traceback: a chained database error's text can quote row values.
+            log.error(
+                "client %s: could not record the failed sync (%s after %s)",
+                client_id,
+                type(record_error).__name__,
+                cause,
+            )
 
 
 def _check_client(mapped: MappedFile, client: ClientConfig) -> None:
