@@ -75,6 +75,15 @@ def _instance():
     return _INSTANCE
 
 
+def _forget_instance_after_fork() -> None:
+    # A worker process opens its own instance: it must not share the parent's storage connections.
+    global _INSTANCE
+    _INSTANCE = None
+
+
+os.register_at_fork(after_in_child=_forget_instance_after_fork)
+
+
 def run_client(
     client_id: str, *, force: bool, override_guard: bool, dry_run: bool, version_id: str | None
 ) -> ClientRun:
@@ -137,10 +146,7 @@ def run_clients(
     """Run each client's import; many clients run in worker processes, each a separate Dagster run."""
     ensure_dagster_home()
     _warehouse()  # migrate once, before workers race to do it
-    from dagster import DagsterInstance
-
-    with DagsterInstance.get() as instance:  # not the cached one: workers fork after this
-        stale_runs.fail_dead_cli_runs(instance)
+    stale_runs.fail_dead_cli_runs(_instance())
     options = {"force": force, "override_guard": override_guard, "dry_run": dry_run, "version_id": version_id}
     results: list[ClientRun] = []
     total = len(client_ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -88,13 +89,14 @@ def _sqlalchemy_postgres_url(url: str) -> str:
     return url
 
 
-@pytest.fixture
-def postgres_schema_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL schema for one test, dropped afterwards."""
+@contextmanager
+def postgres_schema(prefix: str = "sis_test") -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema (skips without SIS_TEST_POSTGRES_URL); yields a SQLAlchemy URL whose
+    connections use it, and drops it afterwards."""
     import sqlalchemy as sa
 
     base = _sqlalchemy_postgres_url(postgres_url_or_skip())
-    schema = f"sis_test_{uuid.uuid4().hex[:10]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     engine = sa.create_engine(base)
     with engine.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
@@ -105,6 +107,13 @@ def postgres_schema_url() -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture
+def postgres_schema_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema for one test, dropped afterwards."""
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -170,3 +170,15 @@ def run_backfill(
     finally:
         daemon.terminate()
         daemon.wait(timeout=60)
+
+
+def sensor_tick(harness: Harness, instance: DagsterInstance, cursor: str | None = None):
+    """One evaluation of `sis_upload_sensor` with the harness's resources: (run requests, new cursor)."""
+    from dagster import build_sensor_context
+
+    sensor = harness.defs.resolve_sensor_def("sis_upload_sensor")
+    context = build_sensor_context(
+        instance=instance, cursor=cursor, resources=harness.resources(), definitions=harness.defs
+    )
+    result = sensor(context)
+    return result.run_requests or [], result.cursor

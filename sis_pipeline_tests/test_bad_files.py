@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
 
 from sis_pipeline.file_version import FileVersion
 from sis_pipeline.registry import ClientConfig, load_registry
@@ -38,7 +36,7 @@ from sis_pipeline_tests.bad_files import (
     last_week_csv,
     personal_values,
 )
-from sis_pipeline_tests.conftest import _sqlalchemy_postgres_url, postgres_url_or_skip
+from sis_pipeline_tests.conftest import postgres_schema
 from sis_pipeline_tests.warehouse_builders import dump
 
 COUNTS = ("inserted", "updated", "reactivated", "deprovisioned", "deleted", "missing")
@@ -58,21 +56,13 @@ def corpus_warehouse(request, tmp_path_factory) -> Iterator[Warehouse]:
         yield warehouse
         warehouse.dispose()
         return
-    base = _sqlalchemy_postgres_url(postgres_url_or_skip())
-    schema = f"sis_bad_files_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    warehouse = Warehouse(f"{base}{sep}options=-csearch_path%3D{schema}")
-    try:
-        warehouse.upgrade()
-        yield warehouse
-    finally:
-        warehouse.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema("sis_bad_files") as url:
+        warehouse = Warehouse(url)
+        try:
+            warehouse.upgrade()
+            yield warehouse
+        finally:
+            warehouse.dispose()
 
 
 @pytest.fixture

@@ -21,13 +21,13 @@ from typing import Any
 
 import boto3
 import pytest
-from dagster import build_sensor_context, instance_for_test
+from dagster import instance_for_test
 
 from sis_pipeline import aws_clients
 from sis_pipeline.resources import EventQueueResource, SisS3Resource, default_resources
 from sis_pipeline.s3 import S3RequestFailed
 from sis_pipeline_tests.fault_proxy import FaultProxy, s3_op, sqs_op
-from sis_pipeline_tests.orchestration_support import Harness, roster_csv
+from sis_pipeline_tests.orchestration_support import Harness, roster_csv, sensor_tick
 from sis_pipeline_tests.warehouse_builders import dump
 
 #: Requests per S3/SQS call in these tests (production: 5). Transient errors back off 50 ms, 100 ms, ...
@@ -283,15 +283,6 @@ def test_unversioned_upload_overwritten_mid_run_fails_cleanly_and_the_next_run_i
 # --- the sensor: polling -------------------------------------------------------------------------------
 
 
-def _tick(harness, instance, cursor=None):
-    sensor = harness.defs.resolve_sensor_def("sis_upload_sensor")
-    context = build_sensor_context(
-        instance=instance, cursor=cursor, resources=harness.resources(), definitions=harness.defs
-    )
-    result = sensor(context)
-    return result.run_requests or [], result.cursor
-
-
 def test_poll_tick_with_one_bucket_failing_requests_the_others_and_keeps_that_clients_cursor(
     faulty, instance, proxy
 ):
@@ -299,21 +290,21 @@ def test_poll_tick_with_one_bucket_failing_requests_the_others_and_keeps_that_cl
     bucket41 = faulty.add_client("41", sync="on_upload")
     faulty.upload("22", roster_csv(2))
     old41 = faulty.upload("41", roster_csv(2))
-    _, cursor = _tick(faulty, instance)
+    _, cursor = sensor_tick(faulty, instance)
     new22 = faulty.upload("22", roster_csv(3))
     new41 = faulty.upload("41", roster_csv(3))
     proxy.fail(503, match=s3_op("HeadObject", bucket=bucket41))
 
-    requests, cursor = _tick(faulty, instance, cursor)
+    requests, cursor = sensor_tick(faulty, instance, cursor)
 
     assert [r.run_key for r in requests] == [f"22:{new22['VersionId']}"]
     assert proxy.seen("HeadObject", bucket41)[-ATTEMPTS:] == ["503"] * ATTEMPTS
     assert json.loads(cursor)["seen"]["41"] == old41["ETag"].strip('"')  # not advanced past the new file
 
     proxy.clear()
-    requests, cursor = _tick(faulty, instance, cursor)
+    requests, cursor = sensor_tick(faulty, instance, cursor)
     assert [r.run_key for r in requests] == [f"41:{new41['VersionId']}"]
-    assert _tick(faulty, instance, cursor)[0] == []
+    assert sensor_tick(faulty, instance, cursor)[0] == []
 
 
 @dataclass
@@ -461,12 +452,12 @@ def test_events_tick_that_fails_after_receiving_gets_its_events_back(faulty, ins
     proxy.stop()  # the hourly reconciling poll, after the queue was read, cannot reach S3
 
     with pytest.raises(S3RequestFailed, match="HeadObject failed for all 1 clients"):
-        _tick(faulty, instance, due)
+        sensor_tick(faulty, instance, due)
     assert _messages_left(sqs, queue_url) == 2  # S3's test event and the upload's: received, none deleted
 
     proxy.start()
     _after_visibility_timeout()
-    requests, _ = _tick(faulty, instance, due)  # the stored cursor is still the one before the failure
+    requests, _ = sensor_tick(faulty, instance, due)  # the stored cursor is still the one before the failure
     assert [r.tags["sis/trigger"] for r in requests] == ["s3_event"]  # the event came back and was acted on
     assert requests[0].tags["sis/file_version"].startswith(put["ETag"].strip('"'))
 
@@ -479,18 +470,18 @@ def test_events_tick_whose_result_is_lost_gets_the_same_run_again_and_events_go_
     _notify(faulty, bucket, arn)
     put = faulty.upload("22", roster_csv(2))
 
-    lost, _ = _tick(faulty, instance, EVENTS_ONLY)  # evaluated, then the daemon dies: nothing recorded
+    lost, _ = sensor_tick(faulty, instance, EVENTS_ONLY)  # evaluated, then the daemon dies: nothing recorded
     assert [r.tags["sis/file_version"].split("@")[0] for r in lost] == [put["ETag"].strip('"')]
     assert _messages_left(sqs, queue_url) == 1  # S3's test event is settled and deleted; the upload's is not
 
     _after_visibility_timeout()
-    requests, cursor = _tick(faulty, instance, EVENTS_ONLY)
+    requests, cursor = sensor_tick(faulty, instance, EVENTS_ONLY)
     assert [r.run_key for r in requests] == [
         r.run_key for r in lost
     ]  # the same run key: Dagster starts it once
 
     _after_visibility_timeout()
-    assert _tick(faulty, instance, cursor)[0] == []  # back again, now settled by the recorded cursor
+    assert sensor_tick(faulty, instance, cursor)[0] == []  # back again, now settled by the recorded cursor
     assert _messages_left(sqs, queue_url) == 0
 
 
@@ -510,19 +501,19 @@ def test_events_delete_failure_neither_fails_the_tick_nor_loses_or_repeats_runs(
     put = faulty.upload("22", roster_csv(2))
     proxy.fail(500, match=sqs_op("DeleteMessageBatch"))
 
-    requests, cursor = _tick(faulty, instance, EVENTS_ONLY)
+    requests, cursor = sensor_tick(faulty, instance, EVENTS_ONLY)
     assert [r.tags["sis/file_version"].split("@")[0] for r in requests] == [put["ETag"].strip('"')]
     # Settled at once, so deleted in this tick: S3's two test events and the stray upload's event.
     assert proxy.seen("DeleteMessageBatch") == ["500"] * ATTEMPTS
 
     _after_visibility_timeout()
-    requests, cursor = _tick(faulty, instance, cursor)
+    requests, cursor = sensor_tick(faulty, instance, cursor)
     assert requests == []
     assert _messages_left(sqs, queue_url) == 4
 
     proxy.clear()
     _after_visibility_timeout()
-    requests, _ = _tick(faulty, instance, cursor)
+    requests, _ = sensor_tick(faulty, instance, cursor)
     assert requests == []
     assert _messages_left(sqs, queue_url) == 0
 
@@ -550,17 +541,17 @@ def test_events_redelivered_late_do_not_move_the_cursor_back(faulty, instance, m
     first = faulty.upload("22", roster_csv(2))
     second = faulty.upload("22", roster_csv(3))
     sqs.send_message(QueueUrl=queue_url, MessageBody=_s3_event(bucket, first, "0065A1"))
-    _, cursor = _tick(faulty, instance, EVENTS_ONLY)
+    _, cursor = sensor_tick(faulty, instance, EVENTS_ONLY)
     sqs.send_message(QueueUrl=queue_url, MessageBody=_s3_event(bucket, second, "0065A2"))
-    requests, cursor = _tick(faulty, instance, cursor)
+    requests, cursor = sensor_tick(faulty, instance, cursor)
     assert [r.run_key for r in requests] == [f"22:{second['VersionId']}"]
 
     sqs.send_message(QueueUrl=queue_url, MessageBody=_s3_event(bucket, first, "0065A1"))  # SQS: at least once
-    requests, cursor = _tick(faulty, instance, cursor)
+    requests, cursor = sensor_tick(faulty, instance, cursor)
     assert requests == []
     assert json.loads(cursor)["seen"]["22"] == second["ETag"].strip('"')
 
     third = faulty.upload("22", roster_csv(2))  # the first file's bytes again: new content after the second
     sqs.send_message(QueueUrl=queue_url, MessageBody=_s3_event(bucket, third, "0065A3"))
-    requests, _ = _tick(faulty, instance, cursor)
+    requests, _ = sensor_tick(faulty, instance, cursor)
     assert [r.run_key for r in requests] == [f"22:{third['VersionId']}"]

@@ -5,60 +5,50 @@ from __future__ import annotations
 import json
 
 import boto3
-from dagster import build_sensor_context
 
 from sis_pipeline.assets import ALL_ASSETS, PREVIEW_ASSETS
-from sis_pipeline_tests.orchestration_support import roster_csv
-
-
-def _tick(harness, instance, cursor=None):
-    sensor = harness.defs.resolve_sensor_def("sis_upload_sensor")
-    context = build_sensor_context(
-        instance=instance, cursor=cursor, resources=harness.resources(), definitions=harness.defs
-    )
-    result = sensor(context)
-    return result.run_requests or [], result.cursor
+from sis_pipeline_tests.orchestration_support import roster_csv, sensor_tick
 
 
 def test_one_upload_gives_exactly_one_run_request_and_a_second_tick_none(harness, dagster_instance):
     harness.add_client("22", sync="on_upload")
     put = harness.upload("22", roster_csv(3))
-    requests, cursor = _tick(harness, dagster_instance)
+    requests, cursor = sensor_tick(harness, dagster_instance)
     assert [r.partition_key for r in requests] == ["22"]
     assert requests[0].run_key == f"22:{put['VersionId']}"
-    again, _ = _tick(harness, dagster_instance, cursor)
+    again, _ = sensor_tick(harness, dagster_instance, cursor)
     assert again == []
 
 
 def test_clients_without_an_upload_request_nothing(harness, dagster_instance):
     harness.add_client("22")
-    requests, _ = _tick(harness, dagster_instance)
+    requests, _ = sensor_tick(harness, dagster_instance)
     assert requests == []
 
 
 def test_same_bytes_uploaded_again_start_no_run(harness, dagster_instance):
     harness.add_client("22", sync="on_upload")
     harness.upload("22", roster_csv(3))
-    _, cursor = _tick(harness, dagster_instance)
+    _, cursor = sensor_tick(harness, dagster_instance)
     harness.upload("22", roster_csv(3))
-    assert _tick(harness, dagster_instance, cursor)[0] == []
+    assert sensor_tick(harness, dagster_instance, cursor)[0] == []
 
 
 def test_overwrite_gives_a_new_request_even_in_the_same_second(harness, dagster_instance):
     harness.add_client("22", sync="on_upload")
     harness.upload("22", roster_csv(3))
-    _, cursor = _tick(harness, dagster_instance)
+    _, cursor = sensor_tick(harness, dagster_instance)
     second = harness.upload("22", roster_csv(4))  # same second as the first, most likely: no timestamps used
-    requests, _ = _tick(harness, dagster_instance, cursor)
+    requests, _ = sensor_tick(harness, dagster_instance, cursor)
     assert [r.run_key for r in requests] == [f"22:{second['VersionId']}"]
 
 
 def test_overwrite_of_unversioned_bucket_is_noticed_by_etag(harness, dagster_instance):
     harness.add_client("22", sync="on_upload", versioned=False)
     harness.upload("22", roster_csv(3))
-    _, cursor = _tick(harness, dagster_instance)
+    _, cursor = sensor_tick(harness, dagster_instance)
     second = harness.upload("22", roster_csv(5))
-    requests, _ = _tick(harness, dagster_instance, cursor)
+    requests, _ = sensor_tick(harness, dagster_instance, cursor)
     assert len(requests) == 1
     assert requests[0].run_key.startswith(f"22:{second['ETag'].strip(chr(34))}@")
 
@@ -66,9 +56,9 @@ def test_overwrite_of_unversioned_bucket_is_noticed_by_etag(harness, dagster_ins
 def test_cursor_survives_a_restart_as_plain_json(harness, dagster_instance):
     harness.add_client("22", sync="on_upload")
     harness.upload("22", roster_csv(3))
-    _, cursor = _tick(harness, dagster_instance)
+    _, cursor = sensor_tick(harness, dagster_instance)
     restored = json.loads(json.dumps(json.loads(cursor)))  # what the instance stores and hands back
-    assert _tick(harness, dagster_instance, json.dumps(restored))[0] == []
+    assert sensor_tick(harness, dagster_instance, json.dumps(restored))[0] == []
 
 
 def test_on_upload_clients_get_the_full_graph_and_others_a_preview(harness, dagster_instance):
@@ -77,7 +67,7 @@ def test_on_upload_clients_get_the_full_graph_and_others_a_preview(harness, dags
     harness.add_client("57", sync="on_upload", auto_sync_enabled=False)
     for client in ("22", "41", "57"):
         harness.upload(client, roster_csv(2))
-    requests, _ = _tick(harness, dagster_instance)
+    requests, _ = sensor_tick(harness, dagster_instance)
     selection = {r.partition_key: set(r.asset_selection) for r in requests}
     assert selection == {"22": set(ALL_ASSETS), "41": set(PREVIEW_ASSETS), "57": set(PREVIEW_ASSETS)}
 
@@ -85,7 +75,7 @@ def test_on_upload_clients_get_the_full_graph_and_others_a_preview(harness, dags
 def test_run_request_pins_the_version_that_triggered_it(harness, dagster_instance):
     harness.add_client("22", sync="on_upload")
     put = harness.upload("22", roster_csv(2))
-    requests, _ = _tick(harness, dagster_instance)
+    requests, _ = sensor_tick(harness, dagster_instance)
     assert requests[0].run_config["ops"]["sis_import"]["config"]["version_id"] == put["VersionId"]
 
 
@@ -112,7 +102,7 @@ def test_events_mode_reads_s3_notifications_from_sqs(harness, dagster_instance, 
     put41 = harness.upload("41", roster_csv(3))
     # The first tick also reconciles by polling; drop that so only events can produce requests.
     cursor = json.dumps({"v": 1, "seen": {}, "last_full_poll": 9e12})
-    requests, cursor = _tick(harness, dagster_instance, cursor)
+    requests, cursor = sensor_tick(harness, dagster_instance, cursor)
     assert sorted(r.tags["sis/client"] for r in requests) == ["22", "41"]
     # Polling later finds the same content and starts nothing more: both modes agree on what is new.
     cursor_after = json.loads(cursor)
@@ -121,7 +111,7 @@ def test_events_mode_reads_s3_notifications_from_sqs(harness, dagster_instance, 
     # they come back after the visibility timeout, once the tick is recorded: see test_faults_s3.)
     attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
-    assert _tick(harness, dagster_instance, cursor)[0] == []
+    assert sensor_tick(harness, dagster_instance, cursor)[0] == []
 
 
 def test_events_mode_takes_only_the_latest_of_several_uploads_per_client(
@@ -138,6 +128,6 @@ def test_events_mode_takes_only_the_latest_of_several_uploads_per_client(
     harness.upload("22", roster_csv(2))
     last = harness.upload("22", roster_csv(3))
     cursor = json.dumps({"v": 1, "seen": {}, "last_full_poll": 9e12})
-    requests, _cursor = _tick(harness, dagster_instance, cursor)
+    requests, _cursor = sensor_tick(harness, dagster_instance, cursor)
     assert len(requests) == 1
     assert json.loads(_cursor)["seen"]["22"] == last["ETag"].strip('"')
