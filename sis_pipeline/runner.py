@@ -231,7 +231,7 @@ def print_sync_results(results: Iterable[ClientRun], out=sys.stdout) -> None:
 def run_log_command(args: argparse.Namespace) -> int:
     from sis_pipeline.warehouse import Warehouse
 
-    warehouse = Warehouse(settings.warehouse_url())
-    warehouse.upgrade()
-    print_log(warehouse.sync_log(args.client, limit=args.limit))
+    with Warehouse(settings.warehouse_url()) as warehouse:
+        warehouse.upgrade()
+        print_log(warehouse.sync_log(args.client, limit=args.limit))
     return EXIT_OK

@@ -49,6 +49,18 @@ def test_sync_runs_are_recorded_in_the_instance_and_exit_0(harness, cli_env):
     assert sorted(r.tags["dagster/partition"] for r in runs) == ["22", "57"]
 
 
+def test_sync_process_closes_the_warehouse_so_no_write_ahead_log_is_left_behind(harness, cli_env, tmp_path):
+    harness.add_client("22")
+    harness.upload("22", roster_csv(300))
+    result = _cli(["sync", "--client", "22"], cli_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    databases = list((tmp_path / "data").rglob("*.sqlite"))
+    assert [p.name for p in databases] == ["warehouse.sqlite"]
+    # The last connection closed: SQLite checkpointed the log into the database and deleted it, so the next
+    # process does not have to scan it before its first read.
+    assert not databases[0].with_name("warehouse.sqlite-wal").exists()
+
+
 def test_sync_exits_1_when_a_client_is_ignored(harness, cli_env):
     harness.add_client("22")
     harness.upload("22", b"first_name,last_name\r\nAna,Lopez\r\n")

@@ -88,5 +88,6 @@ def test_sqlite_connections_use_wal_and_normal_sync(tmp_path):
         with wh.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+            assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == 64 << 20
     finally:
         wh.dispose()
