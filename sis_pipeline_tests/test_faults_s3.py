@@ -196,8 +196,9 @@ def test_persistent_s3_fault_fails_the_run_naming_client_operation_and_endpoint_
 
 @pytest.mark.parametrize("fault", ["GetObject answers 500", "endpoint down"])
 def test_s3_outage_leaves_the_warehouse_as_it_was_and_a_rerun_after_recovery_applies(
-    faulty, instance, proxy, fault
+    faulty, instance, proxy, fault, warehouse_url
 ):
+    faulty.warehouse_url = warehouse_url  # SQLite and PostgreSQL
     inject = PERSISTENT_FAULTS[fault][0]
     bucket = faulty.add_client("22", auto_deprovision=True, guard={"min_active": 1000})
     faulty.upload("22", roster_csv(20))
