@@ -221,3 +221,29 @@ def test_login_already_carrying_the_prefix_is_prefixed_again_so_prefixing_stays_
         client=_client(identifier="user_id"),
     )
     assert mapped.subscribers["subscriber_key"].tolist() == ["22_22_u1", "22_u1"]
+
+
+def test_class_years_parsed_by_validation_are_the_ones_mapped(monkeypatch):
+    import dataclasses
+
+    from sis_pipeline.sisfile import mapping
+
+    header = [*BASIC, "graduation"]
+    rows = [
+        ["A", "B", f"s{n}@x.org", value]
+        for n, value in enumerate(["2031", "2030-09-01", "6/30/2029", "soon", ""])
+    ]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    validated = validate_file(buffer.getvalue().encode(), _client(), source="t.csv")
+    assert validated.class_years.tolist() == [2031, 2031, 2029, pd.NA, pd.NA]
+    recomputed = map_file(dataclasses.replace(validated, class_years=None), _client())
+
+    def parsed_again(_values):
+        raise AssertionError("the mapping parsed the graduation column a second time")
+
+    monkeypatch.setattr(mapping, "graduation_years", parsed_again)
+    mapped = map_file(validated, _client())
+    pd.testing.assert_series_equal(
+        mapped.subscribers["graduation_year"], recomputed.subscribers["graduation_year"]
+    )

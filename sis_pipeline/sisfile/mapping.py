@@ -247,8 +247,11 @@ def _value_warnings(code: str, column: str, values: pa.ChunkedArray, describe) -
     return warnings
 
 
-def value_warnings(valid: pd.DataFrame, client: ClientConfig) -> tuple[list[FileWarning], np.ndarray]:
+def value_warnings(
+    valid: pd.DataFrame, client: ClientConfig, years: tuple[pd.Series, np.ndarray] | None = None
+) -> tuple[list[FileWarning], np.ndarray]:
     """Warnings (with counts per value) for values dropped from imported rows, and which rows had one.
+    `years` is `graduation_years` of the graduation column when the caller has it already.
 
     Bad graduation values always warn. Unmapped `user_type` values warn only for a client that maps user
     types (without mappings the type is stored but feeds no community); a mapped extra column warns for each
@@ -257,7 +260,7 @@ def value_warnings(valid: pd.DataFrame, client: ClientConfig) -> tuple[list[File
     warned = np.zeros(len(valid), dtype=bool)
     warnings: list[FileWarning] = []
     if GRADUATION in valid:
-        _, invalid = graduation_years(valid[GRADUATION])
+        _, invalid = years if years is not None else graduation_years(valid[GRADUATION])
         if invalid.any():
             warned |= invalid
             warnings += _value_warnings(
@@ -333,11 +336,12 @@ def map_file(validated: ValidatedFile, client: ClientConfig) -> MappedFile:
     keys = identity_key(column(client.identifier), client.identifier, client.id)
     login_column = login_source(valid.columns, client)
     user_types = single_value(column(USER_TYPE))
-    years = (
-        graduation_years(valid[GRADUATION])[0]
-        if GRADUATION in valid
-        else pd.Series(pd.array([pd.NA] * n, dtype="Int64"))
-    )
+    if GRADUATION not in valid:
+        years = pd.Series(pd.array([pd.NA] * n, dtype="Int64"))
+    elif validated.class_years is not None and len(validated.class_years) == n:
+        years = validated.class_years.reset_index(drop=True)
+    else:
+        years = graduation_years(valid[GRADUATION])[0]
     subscribers = pd.DataFrame(
         {
             "subscriber_key": string_series(keys),

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from sis_pipeline.columns import (
     CORE_COLUMNS,
     EMAIL,
+    GRADUATION,
     INVISIBLE_CHARACTERS,
     USER_ID,
     USER_LOGIN,
@@ -28,6 +29,7 @@ from sis_pipeline.sisfile.mapping import (
     MAX_WARNED_VALUES,
     arrow_strings,
     duplicated,
+    graduation_years,
     has_multiple_values,
     identity_key,
     is_email,
@@ -433,7 +435,8 @@ def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFi
     rejected_mask = frame["line_number"].isin(rejected["line_number"]).to_numpy()
     kept = [c for c in frame.columns if c in CORE_COLUMNS or c in client.extra_fields] + ["line_number"]
     valid = frame[kept] if not rejected_mask.any() else frame.loc[~rejected_mask, kept].reset_index(drop=True)
-    warnings, warned = value_warnings(valid, client)
+    years = graduation_years(valid[GRADUATION]) if GRADUATION in valid else None
+    warnings, warned = value_warnings(valid, client, years)
     valid_keys = identity_key(valid[client.identifier], client.identifier, client.id)
     spanning = rejected.loc[rejected["reason_code"] == LINE_BREAK, "line_number"].unique()
     result = ValidatedFile(
@@ -448,6 +451,7 @@ def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFi
             frame, rejected_mask, valid_keys, parsed.bad_rows, np.asarray(spanning), client.id
         ),
         rows_warned=int(warned.sum()),
+        class_years=years[0] if years is not None else None,
     )
     log.info(
         "validated %s for client %s: %d rows, %d valid, %d rejected, %d warned",
