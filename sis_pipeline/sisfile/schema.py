@@ -255,9 +255,7 @@ def _column_warnings(parsed: ParsedFile, client: ClientConfig) -> list[FileWarni
     """File-level warnings: columns the client does not map, and mapped columns the file lacks."""
     warnings = []
     unmapped = [
-        name
-        for name in parsed.columns
-        if not (name.startswith(UNNAMED_PREFIX) or name in CORE_COLUMNS or name in client.extra_fields)
+        name for name in parsed.columns if not (name.startswith(UNNAMED_PREFIX) or _keep(client)(name))
     ]
     for name in unmapped[:MAX_WARNED_VALUES]:
         warnings.append(
@@ -421,7 +419,8 @@ def _ignored(parsed: ParsedFile, client: ClientConfig, problem: FileProblem) -> 
 def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFile:
     """Parse and validate one uploaded file under a client's rules. Never raises for bad input: an ignored
     file has `problem` set and empty frames; rejected rows are listed with line, column and reason."""
-    parsed = parse_csv(data, source, keep=_keep(client))
+    keep = _keep(client)
+    parsed = parse_csv(data, source, keep=keep)
     problem = parsed.problem or _missing_columns(parsed, client, source)
     if problem is not None:
         return _ignored(parsed, client, problem)
@@ -433,7 +432,7 @@ def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFi
     if problem is not None:
         return _ignored(parsed, client, problem)
     rejected_mask = frame["line_number"].isin(rejected["line_number"]).to_numpy()
-    kept = [c for c in frame.columns if c in CORE_COLUMNS or c in client.extra_fields] + ["line_number"]
+    kept = [c for c in frame.columns if keep(c)] + ["line_number"]
     valid = frame[kept] if not rejected_mask.any() else frame.loc[~rejected_mask, kept].reset_index(drop=True)
     years = graduation_years(valid[GRADUATION]) if GRADUATION in valid else None
     warnings, warned = value_warnings(valid, client, years)
