@@ -6,10 +6,12 @@ import csv
 import io
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from sis_pipeline.registry import ClientConfig
 from sis_pipeline.sisfile import map_file, validate_file
+from sis_pipeline.sisfile.mapping import duplicated
 from sis_pipeline.sisfile.result import MEMBERSHIP_COLUMNS, SUBSCRIBER_COLUMNS
 
 BASIC = ["first_name", "last_name", "email"]
@@ -247,3 +249,16 @@ def test_class_years_parsed_by_validation_are_the_ones_mapped(monkeypatch):
     pd.testing.assert_series_equal(
         mapped.subscribers["graduation_year"], recomputed.subscribers["graduation_year"]
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([None, None], [False, False]),
+        (["a", None, "a", "b", None], [True, False, True, False, False]),
+        (["a"], [False]),
+        ([], []),
+    ],
+)
+def test_duplicated_marks_every_copy_and_never_a_null(values, expected):
+    assert duplicated(pa.chunked_array([pa.array(values, pa.large_string())])).tolist() == expected

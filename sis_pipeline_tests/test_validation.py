@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 
+import pandas as pd
 import pytest
 
 from sis_pipeline.registry import ClientConfig
-from sis_pipeline.sisfile import validate_file
+from sis_pipeline.sisfile import schema, validate_file
+from sis_pipeline.sisfile.parse import STRING_DTYPE
 from sis_pipeline.sisfile.result import REJECTED_COLUMNS
 
 
@@ -398,3 +400,64 @@ def test_email_longer_than_254_characters_is_invalid(length, valid):
     assert len(address) == length
     result = _validate(_csv(BASIC, ["A", "B", address]))
     assert result.rejected.empty is valid
+
+
+# --- how the rules run (a large file's duplicate checks on a thread pool; line breaks searched sparingly) --
+
+
+def _three_identity_duplicates() -> bytes:
+    return _csv(
+        [*BASIC, "student_id", "login"],
+        ["A", "B", "a@x.org", "u1", "l1"],
+        ["C", "D", "A@x.org", "u2", "l2"],  # email of line 2, case aside
+        ["E", "F", "e@x.org", "u1", "l3"],  # user_id of line 2
+        ["G", "H", "g@x.org", "u4", "l2"],  # user_login of line 3
+        ["I", "J", "i@x.org", "u5", "l5"],
+    )
+
+
+EXPECTED_DUPLICATES = [
+    (2, "email", "duplicate"),
+    (2, "user_id", "duplicate"),
+    (3, "email", "duplicate"),
+    (3, "user_login", "duplicate"),
+    (4, "user_id", "duplicate"),
+    (5, "user_login", "duplicate"),
+]
+
+
+@pytest.mark.parametrize("parallel_rows", [1, 10**9], ids=["thread-pool", "in-line"])
+def test_duplicate_checks_find_the_same_rows_on_the_thread_pool_and_in_line(monkeypatch, parallel_rows):
+    monkeypatch.setattr(schema, "PARALLEL_ROWS", parallel_rows)
+    result = _validate(_three_identity_duplicates())
+    assert _reasons(result) == EXPECTED_DUPLICATES
+    assert result.valid["line_number"].tolist() == [6]
+
+
+@pytest.mark.parametrize("parallel_rows", [1, 10**9], ids=["thread-pool", "in-line"])
+def test_a_rule_that_crashes_fails_validation_without_quoting_its_error(monkeypatch, parallel_rows):
+    def crash(values, column, client_id):
+        raise ValueError("a@x.org")  # an error whose text holds a value
+
+    monkeypatch.setattr(schema, "PARALLEL_ROWS", parallel_rows)
+    monkeypatch.setattr(schema, "_unique_mask", crash)
+    with pytest.raises(RuntimeError) as raised:
+        _validate(_three_identity_duplicates())
+    assert str(raised.value) == "validation rule duplicate of column email raised ValueError"
+
+
+def test_line_break_in_the_last_row_is_found():
+    data = b'first_name,last_name,email\nA,B,a@x.org\nC,"D\nE",c@x.org\n'
+    assert _reasons(_validate(data)) == [(3, "last_name", "line_break")]
+
+
+def test_line_break_search_reads_only_rows_that_span_lines_and_all_rows_out_of_order():
+    values = pd.Series(["a", "b\nc", "d", "e\rf"], index=[2, 3, 5, 6], dtype=STRING_DTYPE)
+    assert schema._no_line_break(values).tolist() == [True, False, True, False]
+    # a row followed directly by the next line cannot span lines: its value is not read
+    assert schema._no_line_break(pd.Series(["x\ny", "z"], index=[2, 3], dtype=STRING_DTYPE)).tolist() == [
+        True,
+        True,
+    ]
+    shuffled = pd.Series(["b\nc", "a", "d"], index=[3, 2, 4], dtype=STRING_DTYPE)
+    assert schema._no_line_break(shuffled).tolist() == [False, True, True]

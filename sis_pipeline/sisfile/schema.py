@@ -7,6 +7,9 @@ number, the column, a reason code and a message that never repeats the value (va
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -72,6 +75,8 @@ _INVISIBLE_OR_SPACE = f"[\\s{INVISIBLE_CHARACTERS}]"
 WHOLE_ROW = None
 
 _IDENTITY_COLUMNS = (EMAIL, USER_ID, USER_LOGIN)
+#: From this many rows, the duplicate checks run on a thread pool (`row_failures`).
+PARALLEL_ROWS = 50_000
 
 
 def _blank(values: pd.Series) -> np.ndarray:
@@ -98,29 +103,64 @@ def _check(rule):
     return lambda values: pd.Series(rule(values), index=values.index)
 
 
-def _unique_identity(column: str, client_id: str):
-    return _check(lambda values: ~duplicated(_identity_values(values, column, client_id)))
+def _unique_identity(column: str, client_id: str, ahead: Callable[[], np.ndarray] | None = None):
+    """No two rows are one person in `column`; `ahead` returns the mask when it was computed in advance."""
+
+    def rule(values: pd.Series) -> np.ndarray:
+        if ahead is not None:
+            computed = ahead()
+            if len(computed) == len(values):
+                return computed
+        return _unique_mask(values, column, client_id)
+
+    return _check(rule)
+
+
+def _unique_mask(values: pd.Series, column: str, client_id: str) -> np.ndarray:
+    return ~duplicated(_identity_values(values, column, client_id))
 
 
 def _no_line_break(values: pd.Series) -> np.ndarray:
-    found = pc.fill_null(pc.match_substring_regex(arrow_strings(values), _LINE_BREAKS), False)
-    return ~found.to_numpy(zero_copy_only=False).astype(bool)
+    """True where the value holds no line break. `values` is indexed by physical line number: only a row
+    whose next row starts more than one line later (or the last row) can hold one, so only those values are
+    searched — a few hundred in a million-row file with a handful of multi-line addresses."""
+    passed = np.ones(len(values), dtype=bool)
+    if not len(values):
+        return passed
+    lines = values.index.to_numpy()
+    if values.index.is_monotonic_increasing:
+        candidates = np.flatnonzero(np.append(np.diff(lines) > 1, True))
+    else:
+        candidates = np.arange(len(values))
+    subset = arrow_strings(values).take(pa_arrow.array(candidates))
+    found = pc.fill_null(pc.match_substring_regex(subset, _LINE_BREAKS), False)
+    passed[candidates[found.to_numpy(zero_copy_only=False).astype(bool)]] = False
+    return passed
 
 
-def build_schema(client: ClientConfig, *, multiline: bool = False) -> pa.DataFrameSchema:
+def build_schema(
+    client: ClientConfig,
+    *,
+    multiline: bool = False,
+    duplicates: Mapping[str, Callable[[], np.ndarray]] | None = None,
+) -> pa.DataFrameSchema:
     """The row rules for one client. Columns the file lacks are skipped (missing required ones were caught
     at file level); values are trimmed strings, so blank means ``""``.
 
     With `multiline` (some quoted value of the file holds a line break), a line break in any core column
     rejects the row: no name, email, id, type, year or flag spans lines, and such a value is what a quote
     opened by mistake and closed lines later looks like — the rows in between were swallowed into it.
+
+    `duplicates` gives, per identity column, the duplicate check's mask computed in advance (see
+    `row_failures`); a column without one is checked when pandera reaches it.
     """
+    duplicates = duplicates or {}
     columns = {
         EMAIL: pa.Column(
             checks=[
                 pa.Check(_check(lambda s: ~_blank(s)), name=BLANK_EMAIL),
                 pa.Check(_check(lambda s: _blank(s) | is_email(s)), name=INVALID_EMAIL),
-                pa.Check(_unique_identity(EMAIL, client.id), name=DUPLICATE),
+                pa.Check(_unique_identity(EMAIL, client.id, duplicates.get(EMAIL)), name=DUPLICATE),
             ],
             nullable=True,
         ),
@@ -131,7 +171,7 @@ def build_schema(client: ClientConfig, *, multiline: bool = False) -> pa.DataFra
         ),
     }
     for column in (USER_ID, USER_LOGIN):
-        checks = [pa.Check(_unique_identity(column, client.id), name=DUPLICATE)]
+        checks = [pa.Check(_unique_identity(column, client.id, duplicates.get(column)), name=DUPLICATE)]
         if client.identifier == column:
             checks.insert(0, pa.Check(_check(lambda s: ~_blank(s)), name=BLANK_IDENTIFIER))
         columns[column] = pa.Column(checks=checks, nullable=True, required=client.identifier == column)
@@ -190,14 +230,35 @@ def _line_break_messages(failures: pd.DataFrame, frame: pd.DataFrame) -> list[st
 
 
 def row_failures(frame: pd.DataFrame, client: ClientConfig, *, multiline: bool = False) -> pd.DataFrame:
-    """REJECTED_COLUMNS for every (row, column, rule) the schema fails on, from pandera's lazy validation."""
+    """REJECTED_COLUMNS for every (row, column, rule) the schema fails on, from pandera's lazy validation.
+
+    In a large file the duplicate checks (hashing every identity of up to three columns) dominate; they are
+    started on a thread pool first and run on every core — Arrow releases the GIL — while pandera walks the
+    other checks, which then wait for their results. A small file is checked in line: threads would cost
+    more than they save.
+    """
     indexed = frame.set_index("line_number", drop=False)
-    try:
-        build_schema(client, multiline=multiline).validate(indexed, lazy=True)
-        return _empty_rejected()
-    except pa.errors.SchemaErrors as exc:
-        cases = exc.failure_cases
+    identity_columns = [c for c in _IDENTITY_COLUMNS if c in indexed]
+    workers = min(len(identity_columns), os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sis-validate") as pool:
+        ahead = {}
+        if len(indexed) >= PARALLEL_ROWS and workers > 1:
+            ahead = {
+                column: pool.submit(_unique_mask, indexed[column], column, client.id).result
+                for column in identity_columns
+            }
+        schema = build_schema(client, multiline=multiline, duplicates=ahead)
+        try:
+            schema.validate(indexed, lazy=True)
+            return _empty_rejected()
+        except pa.errors.SchemaErrors as exc:
+            cases = exc.failure_cases
     cases = cases[cases["check"].isin(REASON_CODES)]
+    crashed = cases[cases["index"].isna()]  # a check that raised instead of returning a mask
+    if len(crashed):
+        first = crashed.iloc[0]
+        error = str(first["failure_case"]).split("(", 1)[0]  # the exception's type, never its text
+        raise RuntimeError(f"validation rule {first['check']} of column {first['column']} raised {error}")
     failures = pd.DataFrame(
         {
             "line_number": cases["index"].astype(np.int64).to_numpy(),

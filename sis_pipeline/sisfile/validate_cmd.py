@@ -93,13 +93,14 @@ def summary(result: ValidatedFile, client: ClientConfig, default_rules: bool) ->
             for w in result.warnings
         ],
         "rejected": [
-            {
-                "line_number": int(r.line_number),
-                "column_name": None if pd.isna(r.column_name) else str(r.column_name),
-                "reason_code": str(r.reason_code),
-                "message": str(r.message),
-            }
-            for r in rejected.itertuples(index=False)
+            {"line_number": line, "column_name": column, "reason_code": code, "message": message}
+            for line, column, code, message in zip(
+                rejected["line_number"].astype("int64").tolist(),
+                rejected["column_name"].astype(object).where(rejected["column_name"].notna(), None).tolist(),
+                rejected["reason_code"].astype(str).tolist(),
+                rejected["message"].astype(str).tolist(),
+                strict=True,
+            )
         ],
     }
 
