@@ -1,7 +1,7 @@
 """Run every benchmark case and print a Markdown table of seconds, peak memory and ratios to the floor.
 
     python -m benchmarks.run [--rows N] [--clients N] [--rows-per-client N] [--postgres URL] [--out DIR]
-                             [--cases a,b] [--profile]
+                             [--cases a,b] [--profile] [--memory]
 
 Each case runs in fresh processes: `prepare` (not measured) then `run` (measured: wall time around the
 case's work, peak RSS of that process and the processes it waited for). The floor is measured in the same
@@ -65,11 +65,14 @@ def _child(phase: str, ctx_path: str, result_path: str) -> int:
             if hasattr(module, "before_run"):  # imports and environment, outside the clock
                 module.before_run(ctx)
             profiler = _start_profiler() if ctx.profile else None
+            sampler = MemorySampler() if ctx.memory else None
             started = time.perf_counter()
             out = module.run(ctx) or {}
             out["seconds"] = time.perf_counter() - started
             if profiler is not None:
                 _save_profile(profiler, ctx)
+            if sampler is not None:
+                sampler.save(ctx)
             peak_kib = max(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
@@ -79,6 +82,62 @@ def _child(phase: str, ctx_path: str, result_path: str) -> int:
         out = {"unavailable": str(exc)}
     Path(result_path).write_text(json.dumps(out, default=str))
     return 0
+
+
+class MemorySampler:
+    """Where the memory peak is: the process's resident size every 20 ms, and the main thread's stack (the
+    project's own frames) whenever a new peak is reached. Cheap enough to leave the timing almost intact."""
+
+    INTERVAL_S = 0.02
+
+    def __init__(self) -> None:
+        import threading
+
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self.peak_kib, self.peak_stack, self.timeline = 0, [], []
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._sample, name="bench-memory", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _rss_kib() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+    def _stack(self) -> list[str]:
+        frame = sys._current_frames().get(self._main)
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            if "sis_pipeline" in code.co_filename:
+                stack.append(f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}")
+            frame = frame.f_back
+        return stack[::-1]
+
+    def _sample(self) -> None:
+        last_logged = -1.0
+        while not self._stop.wait(self.INTERVAL_S):
+            rss = self._rss_kib()
+            elapsed = time.perf_counter() - self._started
+            if rss > self.peak_kib:
+                self.peak_kib, self.peak_stack = rss, self._stack()
+            if elapsed - last_logged >= 0.5:
+                stack = self._stack()
+                self.timeline.append((elapsed, rss, stack[-1] if stack else "-"))
+                last_logged = elapsed
+
+    def save(self, ctx: BenchContext) -> None:
+        self._stop.set()
+        self._thread.join()
+        folder = Path(ctx.out_dir) / "profiles"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{ctx.case}_{ctx.database if ctx.database != '-' else 'none'}_memory.txt"
+        lines = [f"peak resident {self.peak_kib / 1024:,.0f} MiB, main thread at the peak:"]
+        lines += [f"  {frame}" for frame in self.peak_stack] or ["  (outside the project's code)"]
+        lines += ["", "seconds  resident MiB  innermost project frame"]
+        lines += [f"{t:7.1f}  {rss / 1024:12,.0f}  {where}" for t, rss, where in self.timeline]
+        (folder / name).write_text("\n".join(lines) + "\n")
 
 
 def _start_profiler():
@@ -292,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase of a case may take")
     parser.add_argument("--profile", action="store_true",
                         help="also record a pyinstrument profile of each measured phase (slows it a little)")  # fmt: skip
+    parser.add_argument("--memory", action="store_true",
+                        help="also sample each measured phase's memory: the peak and the stack at it")  # fmt: skip
     args = parser.parse_args(argv)
 
     selected = args.cases.split(",") if args.cases else list(CASES)
@@ -313,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         naive_sample_rows=args.naive_sample,
         timeout=args.timeout,
         profile=args.profile,
+        memory=args.memory,
     )
     started = time.perf_counter()
     week1, week2 = generate_pair(out / "files", args.rows, args.seed)

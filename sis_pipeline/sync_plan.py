@@ -275,6 +275,17 @@ class KeyLookup:
         return found.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
+class _Aligned:
+    """The stored row of each file row (row `i` of `cur` at `positions[i]`), one column at a time: a copy
+    of every column of a million stored rows at once would be ~0.25 GiB more at the plan's peak."""
+
+    def __init__(self, cur: pd.DataFrame, positions: np.ndarray):
+        self._cur, self._positions = cur, positions
+
+    def __getitem__(self, name: str) -> pd.Series:
+        return self._cur[name].take(self._positions).reset_index(drop=True)
+
+
 def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """One contiguous array (large inputs arrive from pandas as chunked arrays)."""
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
@@ -353,13 +364,16 @@ def build_sync_plan(
     position = cur_index.get_indexer(file["subscriber_key"]) if len(cur) else np.full(len(file), -1)
     exists = position >= 0
     if len(cur):
-        old = cur.iloc[np.where(exists, position, 0)].reset_index(drop=True)
+        old = _Aligned(cur, np.where(exists, position, 0))
     else:
         old = normalise_subscribers(pd.DataFrame(index=pd.RangeIndex(len(file))), CURRENT_COLUMNS)
     in_file = np.zeros(len(cur), dtype=bool)
     in_file[position[exists]] = True
     delete_flag = file["delete"].to_numpy(dtype=bool)
-    old_status = np.where(exists, old["status"].fillna("").to_numpy(dtype=object), "")
+    stored_status = old["status"]
+    was_deleted = exists & (stored_status == DELETED).fillna(False).to_numpy(dtype=bool)
+    was_active = exists & (stored_status == ACTIVE).fillna(False).to_numpy(dtype=bool)
+    del stored_status
     old_missing = np.where(exists, old["missing_count"].fillna(0).to_numpy(), 0)
     old_opt_out = exists & old["email_opt_out"].fillna(False).to_numpy(dtype=bool)
 
@@ -387,8 +401,8 @@ def build_sync_plan(
     changed["missing_count"] = exists & (old_missing > 0)  # seen again: the count restarts
     any_changed = np.logical_or.reduce(list(changed.values())) if len(new) else np.zeros(0, dtype=bool)
 
-    is_delete = exists & delete_flag & (old_status != DELETED)
-    is_reactivation = exists & ~delete_flag & (old_status != ACTIVE)
+    is_delete = exists & delete_flag & ~was_deleted
+    is_reactivation = exists & ~delete_flag & ~was_active
     is_update = exists & ~is_delete & ~is_reactivation & any_changed
     is_insert = ~exists & ~delete_flag
     unchanged = int((exists & ~is_delete & ~is_reactivation & ~any_changed).sum())
@@ -418,7 +432,7 @@ def build_sync_plan(
         memberships_add = desired.loc[chosen].reset_index(drop=True)
     written_keys = _keys(file.loc[written, "subscriber_key"])
     old_written = pc.if_else(
-        pa.array(exists[written]), _keys(old.loc[written, SIGNATURE]), pa.scalar(None, pa.large_string())
+        pa.array(exists[written]), _keys(old[SIGNATURE][written]), pa.scalar(None, pa.large_string())
     )
     communities_added, communities_removed = _signature_diff(
         written_keys, old_written, signature.filter(pa.array(written))

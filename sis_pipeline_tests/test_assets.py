@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from dagster import AssetKey
 
 from sis_pipeline.assets import (
@@ -223,6 +225,33 @@ def test_unexpected_error_is_logged_failed_naming_the_stage_not_the_data(
     assert "mapping subscribers" in last["message"] and "ValueError" in last["message"]
     assert "student7" not in last["message"]
     assert len(harness.warehouse().current_subscribers("22")) == 0
+
+
+def test_the_stored_rows_are_read_beside_validation_and_a_failed_read_fails_the_plan(
+    harness, dagster_instance, monkeypatch
+):
+    from sis_pipeline.warehouse.store import Warehouse
+
+    original, readers = Warehouse.snapshot, []
+
+    def snapshot(self, client_id):
+        readers.append(threading.current_thread().name)
+        if len(readers) == 2:
+            raise OSError("disk I/O error reading student7@school.example.edu")
+        return original(self, client_id)
+
+    monkeypatch.setattr(Warehouse, "snapshot", snapshot)
+    harness.add_client("22")
+    harness.upload("22", roster_csv(5))
+    assert harness.run(dagster_instance, "22").success
+    assert readers[0].startswith("sis-snapshot")  # not the step's own thread
+    harness.upload("22", roster_csv(6))
+    assert not harness.run(dagster_instance, "22").success
+    last = harness.log("22").iloc[0]
+    assert last["status"] == "failed"
+    assert "planning the sync" in last["message"] and "OSError" in last["message"]
+    assert "student7" not in last["message"]
+    assert len(harness.warehouse().current_subscribers("22")) == 5
 
 
 def test_same_version_again_is_unchanged_without_downloading(harness, dagster_instance, monkeypatch):

@@ -580,6 +580,34 @@ def test_a_stale_previewed_plan_is_planned_again_under_the_lock(warehouse):
     assert set(stored(warehouse)["status"]) == {"active"}
 
 
+def test_a_snapshot_taken_before_another_sync_gives_a_plan_that_is_planned_again(warehouse):
+    # The import reads the snapshot while it validates the file: another sync may land in between.
+    cfg = client(auto_deprovision=True, guard={"max_fraction": 1.0, "min_active": 0})
+    SyncFile(cfg, [person(1), person(2)]).apply(warehouse)
+    snapshot = warehouse.snapshot("22")
+    assert sorted(snapshot.current["subscriber_key"]) == ["student1@school.edu", "student2@school.edu"]
+    SyncFile(cfg, [person(1), person(2), person(3)], sha256="f" * 64).apply(warehouse)
+    late = SyncFile(cfg, [person(1), person(3)])
+    planned = warehouse.preview(late.mapped, cfg, file=late.version, snapshot=snapshot)
+    assert planned.counts()["inserted"] == 1  # planned against the snapshot: person 3 was not there yet
+    outcome = late.apply(warehouse, planned=planned)
+    assert outcome.counts["inserted"] == 0 and outcome.counts["unchanged_rows"] == 2
+    assert outcome.counts["deprovisioned"] == 1
+    assert stored(warehouse)["status"].to_dict() == {
+        "student1@school.edu": "active",
+        "student2@school.edu": "deprovisioned",
+        "student3@school.edu": "active",
+    }
+
+
+def test_a_snapshot_of_another_client_is_refused(warehouse):
+    other = client("23")
+    SyncFile(other, [person(1)]).apply(warehouse)
+    mine = SyncFile(client(), [person(1)])
+    with pytest.raises(ValueError, match="snapshot of client 23 used to plan client 22"):
+        warehouse.preview(mine.mapped, client(), snapshot=warehouse.snapshot("23"))
+
+
 def test_rows_read_in_batches_are_the_same_rows(warehouse, monkeypatch):
     cfg = client(auto_deprovision=True, guard={"max_fraction": 1.0})
     SyncFile(cfg, [person(n, user_login=f"22_u{n}" if n % 2 else None) for n in range(7)]).apply(warehouse)

@@ -113,6 +113,7 @@ class BenchContext:
     naive_sample_rows: int = 100_000
     timeout: float = 1800.0  # seconds each phase may take before it is reported as timed out
     profile: bool = False  # record a pyinstrument profile of the measured phase (profiles/<case>_<db>.*)
+    memory: bool = False  # sample the measured phase's memory (profiles/<case>_<db>_memory.txt)
     env: dict[str, str] = field(default_factory=dict)
 
     def files(self) -> tuple[FileStats, FileStats]:

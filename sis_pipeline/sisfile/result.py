@@ -66,6 +66,8 @@ class ValidatedFile:
     # Parsed once here for the warnings and reused by the mapping (about a second at 1M rows).
     class_years: pd.Series | None = None
     problem: FileProblem | None = None
+    # Set by `release_rows`: how many valid rows there were once `valid` was emptied.
+    released_rows: int | None = None
 
     @property
     def ignored(self) -> bool:
@@ -73,7 +75,16 @@ class ValidatedFile:
 
     @property
     def rows_valid(self) -> int:
-        return len(self.valid)
+        return len(self.valid) if self.released_rows is None else self.released_rows
+
+    def release_rows(self) -> None:
+        """Drop the valid rows once they are mapped — at 1M rows the largest frame still held — keeping
+        their count: what follows the mapping (plan, apply, sync log, metadata) needs only the counts, the
+        rejected rows and the warnings."""
+        if self.released_rows is None:
+            self.released_rows = len(self.valid)
+        self.valid = self.valid.iloc[0:0]
+        self.class_years = None
 
     @property
     def rows_rejected(self) -> int:

@@ -45,6 +45,16 @@ class SyncOutcome:
     plan: SyncPlan | None = None
 
 
+@dataclass
+class Snapshot:
+    """One client's stored rows and its last applied sync, read in one transaction (`Warehouse.snapshot`)."""
+
+    client_id: str
+    basis: int | None  # sync_id of the last applied sync: a plan is current while this is unchanged
+    last_sha256: str | None
+    current: pd.DataFrame  # `sync_plan.CURRENT_COLUMNS`
+
+
 class Warehouse:
     """The subscriber warehouse at one SQLAlchemy URL (SQLite or PostgreSQL)."""
 
@@ -111,6 +121,18 @@ class Warehouse:
         with read_transaction(self.engine) as conn:
             return writer_for(conn).read_memberships(client_id)
 
+    def snapshot(self, client_id: str) -> Snapshot:
+        """The client's rows and last applied sync from one read transaction: what `preview` plans against.
+
+        Taken on its own so a caller can read it while it validates the file (the import does, on a second
+        core); a plan made from it is as current as one read later, because `apply` re-plans when a sync
+        was applied to the client after the snapshot's `basis`.
+        """
+        with read_transaction(self.engine) as conn:
+            basis, last_sha = _last_applied(conn, client_id)
+            current = writer_for(conn).read_subscribers(client_id)
+        return Snapshot(client_id, basis, last_sha, current)
+
     def preview(
         self,
         mapped: MappedFile,
@@ -118,24 +140,27 @@ class Warehouse:
         *,
         override_guard: bool = False,
         file: FileVersion | None = None,
+        snapshot: Snapshot | None = None,
     ) -> SyncPlan:
-        """The plan `apply` would carry out now, read from one snapshot; writes nothing.
+        """The plan `apply` would carry out now, read from one snapshot (`snapshot`, or one read now);
+        writes nothing.
 
         With `file`, a file equal to the last applied one does not count towards `missing_count` again.
         """
         _check_client(mapped, client)
-        with read_transaction(self.engine) as conn:
-            writer = writer_for(conn)
-            basis, last_sha = _last_applied(conn, client.id)
-            same_file = file is not None and last_sha == file.sha256
-            plan = build_sync_plan(
-                mapped,
-                writer.read_subscribers(client.id),
-                client,
-                override_guard=override_guard,
-                count_missing=not same_file,
-            )
-        plan.basis, plan.override_guard = basis, override_guard
+        if snapshot is None:
+            snapshot = self.snapshot(client.id)
+        elif snapshot.client_id != client.id:
+            raise ValueError(f"snapshot of client {snapshot.client_id} used to plan client {client.id}")
+        same_file = file is not None and snapshot.last_sha256 == file.sha256
+        plan = build_sync_plan(
+            mapped,
+            snapshot.current,
+            client,
+            override_guard=override_guard,
+            count_missing=not same_file,
+        )
+        plan.basis, plan.override_guard = snapshot.basis, override_guard
         return plan
 
     def sync_log(self, client_id: str | None = None, limit: int = 20) -> pd.DataFrame:
