@@ -1,7 +1,7 @@
 """Run every benchmark case and print a Markdown table of seconds, peak memory and ratios to the floor.
 
     python -m benchmarks.run [--rows N] [--clients N] [--rows-per-client N] [--postgres URL] [--out DIR]
-                             [--cases a,b] [--profile] [--memory]
+                             [--cases a,b] [--repeat N] [--profile] [--memory]
 
 Each case runs in fresh processes: `prepare` (not measured) then `run` (measured: wall time around the
 case's work, peak RSS of that process and the processes it waited for). The floor is measured in the same
@@ -260,6 +260,21 @@ def run_case(spec: CaseSpec, database: str, base: BenchContext) -> CaseResult:
     return result
 
 
+def _median(samples: list[CaseResult]) -> CaseResult:
+    """One case's result over repeated runs: the run with the median time (the lower middle of an even
+    count), with the largest peak memory of them all; a failed run makes the case failed."""
+    failed = [r for r in samples if r.seconds is None]
+    if failed or len(samples) == 1:
+        return (failed or samples)[0]
+    ordered = sorted(samples, key=lambda r: r.seconds)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.peak_mib = max(r.peak_mib for r in samples if r.peak_mib is not None)
+    spread = f"median of {len(samples)} runs ({ordered[0].seconds:.2f}–{ordered[-1].seconds:.2f} s)"
+    chosen.note = f"{spread}; {chosen.note}" if chosen.note else spread
+    chosen.detail = {**(chosen.detail or {}), "runs_seconds": [round(r.seconds, 3) for r in samples]}
+    return chosen
+
+
 def _judge(results: list[CaseResult]) -> None:
     """Fill ratios and met? once every case has run."""
     floors = {r.database: r.seconds for r in results if r.case.startswith("floor_") and r.seconds}
@@ -349,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-sample", type=int, default=100_000, help="rows the naive case really runs")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds each phase of a case may take")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each case N times and report the median (the machine's own noise is ±20%%)")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="also record a pyinstrument profile of each measured phase (slows it a little)")  # fmt: skip
     parser.add_argument("--memory", action="store_true",
@@ -387,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         for database in spec.databases:
             print(f"running {name} ({database}) ...", file=sys.stderr, flush=True)
             try:
-                results.append(run_case(spec, database, base))
+                results.append(_median([run_case(spec, database, base) for _ in range(args.repeat)]))
             except Exception:  # the table must still print; the traceback says what broke
                 traceback.print_exc()
                 results.append(CaseResult(name, database, target=spec.target, note="failed in the runner"))

@@ -146,7 +146,7 @@ def test_runner_prints_a_table_with_the_floor_and_names_what_is_unavailable(tmp_
     env = {k: v for k, v in os.environ.items() if k != "SIS_BENCH_POSTGRES_URL"}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--rows", "2000", "--naive-sample", "1000", "--out",
-         str(tmp_path), "--cases", "floor_sqlite,floor_postgres,naive_to_sql"],
+         str(tmp_path), "--cases", "floor_sqlite,floor_postgres,naive_to_sql", "--repeat", "2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -154,7 +154,20 @@ def test_runner_prints_a_table_with_the_floor_and_names_what_is_unavailable(tmp_
     assert "| 1.00 | the floor |" in rows[("floor_sqlite", "sqlite")]
     assert "not available: needs --postgres URL" in rows[("floor_postgres", "postgresql")]
     assert "faster" in rows[("naive_to_sql", "sqlite")]
+    assert re.search(r"floor_sqlite \(sqlite\): median of 2 runs \([\d.]+–[\d.]+ s\)", proc.stdout)
     assert (tmp_path / "results.json").exists()
+
+
+def test_repeated_runs_report_the_median_time_and_the_largest_peak():
+    from benchmarks.run import CaseResult, _median
+
+    runs = [CaseResult("c", "sqlite", seconds=s, peak_mib=p) for s, p in [(3.0, 10), (1.0, 30), (2.0, 20)]]
+    chosen = _median(runs)
+    assert (chosen.seconds, chosen.peak_mib) == (2.0, 30)
+    assert chosen.note == "median of 3 runs (1.00–3.00 s)"
+    assert chosen.detail == {"runs_seconds": [3.0, 1.0, 2.0]}
+    failed = CaseResult("c", "sqlite", note="run failed (exit 1)")
+    assert _median([runs[0], failed]) is failed
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -101,7 +101,9 @@ def _s3_event(bucket: str, upload: dict) -> dict:
     }
 
 
-WORKERS = os.cpu_count() or 2
+#: Worker processes of the weekly case: one per core; SIS_BENCH_WORKERS=1 runs every client in the measured
+#: process, which is what `--profile` can see.
+WORKERS = int(os.environ.get("SIS_BENCH_WORKERS") or os.cpu_count() or 2)
 
 
 def _weekly_through_the_schedule(ctx: BenchContext) -> dict:
