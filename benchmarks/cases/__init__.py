@@ -71,7 +71,7 @@ CASES: dict[str, CaseSpec] = {
         CaseSpec(
             "weekly_1000_clients",
             "benchmarks.cases.many_clients",
-            ("sqlite",),
+            ("sqlite", "postgresql"),
             "≤ 600 s",
             target_seconds=600.0,
             needs_s3=True,

@@ -2,8 +2,10 @@
 
 - `weekly_1000_clients`: `sis_weekly_schedule` evaluated at Saturday 23:00 America/New_York (the default
   weekly time of every client); its run requests are executed as Dagster runs by worker processes (the
-  runner `sis-pipeline sync --workers N` uses), into a SQLite warehouse. Per-run overhead dominates at 1,000
-  rows, so each worker process executes many runs in turn (imports, clients and connections paid once).
+  runner `sis-pipeline sync --workers N` uses). Per-run overhead dominates at 1,000 rows, so each worker
+  process executes many runs in turn (imports, clients and connections paid once). On `sqlite` the
+  warehouse and the Dagster instance are the one-machine defaults (SQLite files); on `postgresql` both are
+  in PostgreSQL, as in the production instance of deploy/ (the instance in a scratch database).
 - `sensor_poll_1000`: one tick of `sis_upload_sensor` in polling mode over every client's bucket, all of
   them with a new upload, so the tick requests one run per client.
 - `sensor_sqs_1000`: one tick of `sis_upload_sensor` in event mode, with one S3 `ObjectCreated`
@@ -19,11 +21,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.cases import BenchContext, CaseUnavailable
+from benchmarks.cases import BenchContext, CaseUnavailable, require_postgres
 from benchmarks.cases.pipeline import (
     bucket_for,
     check_pipeline,
     cli,
+    create_postgres_schema,
+    drop_postgres_schema,
     enter_environment,
     upload_many,
 )
@@ -49,10 +53,43 @@ def _sqs_env_name() -> str:
     return name
 
 
+def _instance_database(ctx: BenchContext) -> str:
+    return f"sis_bench_dagster_{ctx.schema}"
+
+
+def _postgres_instance(ctx: BenchContext) -> None:
+    """A scratch database for Dagster's runs, event logs and schedule state, and the dagster.yaml using it
+    (the `storage:` block of deploy/dagster.yaml, with the addresses written in)."""
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    url = require_postgres(ctx)
+    name = _instance_database(ctx)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(url)
+    settings = {
+        "scheme": "postgresql+psycopg2",
+        "hostname": parts.hostname or "127.0.0.1",
+        "port": parts.port or 5432,
+        "db_name": name,
+        "username": parts.username or "postgres",
+        "password": parts.password or "",
+    }
+    lines = ["telemetry:", "  enabled: false", "storage:", "  postgres:", "    postgres_db:"]
+    lines += [f"      {key}: {json.dumps(value)}" for key, value in settings.items()]
+    Path(ctx.work_dir, "dagster_home", "dagster.yaml").write_text("\n".join(lines) + "\n")
+
+
 def prepare(ctx: BenchContext) -> None:
     check_pipeline()
     clients = _client_ids(ctx)
     enter_environment(ctx, clients)
+    if ctx.case == "weekly_1000_clients" and ctx.database == "postgresql":
+        create_postgres_schema(ctx)
+        _postgres_instance(ctx)
     if ctx.case == "sensor_sqs_1000":
         _sqs_env_name()
     files = {
@@ -136,6 +173,15 @@ def _weekly_through_the_schedule(ctx: BenchContext) -> dict:
         "rows": ctx.clients * ctx.rows_per_client,
         "note": f"{len(requests)} run requests from sis_weekly_schedule, executed by {WORKERS} worker processes",
     }
+
+
+def cleanup(ctx: BenchContext) -> None:
+    if ctx.case == "weekly_1000_clients" and ctx.database == "postgresql" and ctx.postgres_url:
+        import psycopg
+
+        drop_postgres_schema(ctx)
+        with psycopg.connect(ctx.postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{_instance_database(ctx)}" WITH (FORCE)')
 
 
 def before_run(ctx: BenchContext) -> None:
