@@ -7,6 +7,7 @@ import time
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from sis_pipeline import sync_plan
 from sis_pipeline.warehouse import Warehouse, bulk, store
@@ -617,3 +618,41 @@ def test_rows_read_in_batches_are_the_same_rows(warehouse, monkeypatch):
     batched = warehouse.current_subscribers("22").sort_values("subscriber_key", ignore_index=True)
     pd.testing.assert_frame_equal(batched, whole)
     assert len(whole) == 7 and set(whole["status"]) == {"active", "deprovisioned"}
+
+
+def _reltuples(warehouse: Warehouse, table: str) -> float:
+    with warehouse.engine.connect() as conn:
+        return conn.execute(
+            sa.text(f"SELECT reltuples FROM pg_class WHERE oid = '{table}'::regclass")
+        ).scalar()
+
+
+def test_a_bulk_load_refreshes_the_planner_statistics_in_its_own_sync(postgres_schema_url):
+    # Without statistics the next sync's joins are planned blind; autovacuum would only get there later.
+    warehouse = Warehouse(postgres_schema_url)
+    warehouse.upgrade()
+    try:
+        assert _reltuples(warehouse, "subscribers") == -1  # never analysed
+        cfg = client()
+
+        def load(people: int) -> None:
+            clubs = [(f"student{n}@school.edu", "Clubs", "Chess") for n in range(people)]
+            SyncFile(cfg, [person(n) for n in range(people)], communities=clubs).apply(warehouse)
+
+        load(200)
+        assert _reltuples(warehouse, "subscribers") == 200
+        assert _reltuples(warehouse, "subscriber_communities") == 200
+        load(210)  # 10 more is below autovacuum's threshold (10% + 50): no ANALYZE, the estimate stays
+        assert _reltuples(warehouse, "subscribers") == 200
+        load(510)  # 300 more is above it
+        assert _reltuples(warehouse, "subscribers") == 510
+    finally:
+        warehouse.dispose()
+
+
+def test_sqlite_has_no_statistics_to_refresh(tmp_path):
+    warehouse = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    warehouse.upgrade()
+    with warehouse.engine.begin() as conn:
+        assert bulk.writer_for(conn).refresh_statistics(10**6) is False
+    warehouse.dispose()

@@ -311,6 +311,13 @@ class Warehouse:
         writer.remove_memberships(client.id, plan.memberships_replace_keys)
         writer.add_memberships(client.id, plan.memberships_add)
         writer.insert_rejected(client.id, sync_id, validated.rejected)
+        if writer.refresh_statistics(len(plan.inserts)):
+            log.info(
+                "client %s: sync %s: table statistics refreshed after %d inserts",
+                client.id,
+                sync_id,
+                len(plan.inserts),
+            )
         conn.execute(
             sis_sync_log.update().where(sis_sync_log.c.sync_id == sync_id).values(finished_at=_now())
         )
