@@ -656,3 +656,41 @@ def test_sqlite_has_no_statistics_to_refresh(tmp_path):
     with warehouse.engine.begin() as conn:
         assert bulk.writer_for(conn).refresh_statistics(10**6) is False
     warehouse.dispose()
+
+
+def test_absent_users_of_a_big_table_are_updated_by_key_probes_and_the_settings_restored(
+    postgres_schema_url, monkeypatch
+):
+    # A few absent users of many: hash and merge joins are switched off for that UPDATE only.
+    warehouse = Warehouse(postgres_schema_url)
+    warehouse.upgrade()
+    seen = []
+    original = bulk.PostgresBulkWriter._settings
+
+    def recording(self, *statements):
+        seen.extend(statements)
+        original(self, *statements)
+
+    monkeypatch.setattr(bulk.PostgresBulkWriter, "_settings", recording)
+    try:
+        cfg = client(auto_deprovision=True, guard={"max_fraction": 1.0})
+        SyncFile(cfg, [person(n) for n in range(300)]).apply(warehouse)  # analysed: 300 rows estimated
+        outcome = SyncFile(cfg, [person(n) for n in range(290)]).apply(warehouse)
+        assert outcome.counts["deprovisioned"] == 10
+        assert seen == [
+            "SET LOCAL enable_hashjoin = off",
+            "SET LOCAL enable_mergejoin = off",
+            "RESET enable_hashjoin",
+            "RESET enable_mergejoin",
+        ]
+        assert (stored(warehouse)["status"] == "deprovisioned").sum() == 10
+        seen.clear()
+        SyncFile(cfg, [person(n) for n in range(200)]).apply(warehouse)  # 90 of 300 is not "few"
+        assert seen == []
+        with warehouse.engine.begin() as conn:
+            writer = bulk.writer_for(conn)
+            writer._settings("SET LOCAL enable_hashjoin = off")
+            writer._settings("RESET enable_hashjoin")
+            assert conn.exec_driver_sql("SHOW enable_hashjoin").scalar() == "on"
+    finally:
+        warehouse.dispose()
