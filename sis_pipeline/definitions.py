@@ -5,9 +5,9 @@ with the code location, so the partition set changes exactly when the registry d
 location after editing clients.yaml). See docs/ARCHITECTURE.md for why not dynamic partitions.
 """
 
+from sis_pipeline import settings
 from sis_pipeline.location import build_definitions
-from sis_pipeline.registry import load_registry
-from sis_pipeline.resources import default_resources
+from sis_pipeline.resources import default_resources, registry_at
 
-registry = load_registry()
+registry = registry_at(settings.clients_file())  # the same parse the registry resource then reuses
 defs = build_definitions(registry, default_resources())

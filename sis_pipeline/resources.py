@@ -57,13 +57,23 @@ class RegistryResource(ConfigurableResource):
 
     def load(self) -> Registry:
         """The registry as the file is now (re-read whenever the file changes)."""
-        stat = os.stat(self.path)
-        key = (str(self.path), stat.st_mtime_ns, stat.st_size)
-        with _LOCK:
-            if key not in _REGISTRIES:
-                _REGISTRIES.clear()
-                _REGISTRIES[key] = load_registry(self.path)
-            return _REGISTRIES[key]
+        return registry_at(self.path)
+
+
+def registry_at(path: str | os.PathLike) -> Registry:
+    """The registry in `path` as the file is now, parsed once per version of the file per process and
+    shared by the code location (its partitions) and `RegistryResource`, so a sensor tick or a run in the
+    process that loaded the definitions does not parse it again (~1.5 s for 1,000 clients)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return load_registry(path)  # raises RegistryError naming the file and the setting
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    with _LOCK:
+        if key not in _REGISTRIES:
+            _REGISTRIES.clear()
+            _REGISTRIES[key] = load_registry(path)
+        return _REGISTRIES[key]
 
 
 class WarehouseResource(ConfigurableResource):

@@ -150,3 +150,22 @@ def test_extra_field_columns_are_normalised_like_headers():
     )["9"]
     assert list(client.extra_fields) == ["program_name"]
     assert client.extra_fields["program_name"].values == {"bio": "B"}
+
+
+def test_the_code_location_and_the_registry_resource_share_one_parse_per_version_of_the_file(
+    tmp_path, monkeypatch
+):
+    from sis_pipeline import resources
+
+    path = tmp_path / "clients.yaml"
+    path.write_text("clients:\n  '5': {name: Five, bucket: sis-five}\n")
+    parses = []
+    monkeypatch.setattr(resources, "load_registry", lambda p: parses.append(p) or load_registry(p))
+    first = resources.registry_at(path)  # what sis_pipeline.definitions does at import
+    assert resources.RegistryResource(path=str(path)).load() is first  # a sensor tick, a run
+    assert len(parses) == 1
+    path.write_text("clients:\n  '5': {name: Five, bucket: sis-five}\n  '6': {name: Six, bucket: sis-six}\n")
+    assert list(resources.RegistryResource(path=str(path)).load()) == ["5", "6"]  # edited: read again
+    assert len(parses) == 2
+    with pytest.raises(RegistryError, match="no registry file"):
+        resources.registry_at(tmp_path / "absent.yaml")
