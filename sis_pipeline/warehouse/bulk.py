@@ -373,9 +373,13 @@ class PostgresBulkWriter(BulkWriter):
 
     def _few_of_subscribers(self, rows: int) -> bool:
         """Whether `rows` keys are under a tenth of the subscribers table's estimated rows."""
+        return rows < FEW_FRACTION * self._estimated_subscribers()
+
+    def _estimated_subscribers(self) -> float:
+        """The planner's estimate of the subscribers table's rows (all clients); -1 if never analysed."""
         with self._raw.cursor() as cursor:
             cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'subscribers'::regclass")
-            return rows * FEW_FRACTION_INVERSE < float(cursor.fetchone()[0])
+            return float(cursor.fetchone()[0])
 
     def remove_memberships(self, client_id: str, keys: pd.Series) -> None:
         if not len(keys):
@@ -414,11 +418,10 @@ class PostgresBulkWriter(BulkWriter):
         analyze threshold, instead of within autovacuum's next minute: a school's first 1M-row import
         followed soon by its next sync would otherwise have that sync's joins planned without statistics
         (a sequential scan of every membership for a 1% change set). Visible to others at commit."""
+        estimate = self._estimated_subscribers()
+        if estimate >= 0 and inserted <= ANALYZE_FRACTION * estimate + ANALYZE_BASE_ROWS:
+            return False
         with self._raw.cursor() as cursor:
-            cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'subscribers'::regclass")
-            estimate = float(cursor.fetchone()[0])  # -1: never analysed
-            if estimate >= 0 and inserted <= ANALYZE_FRACTION * estimate + ANALYZE_BASE_ROWS:
-                return False
             cursor.execute("ANALYZE subscribers")
             cursor.execute("ANALYZE subscriber_communities")
         return True
@@ -426,8 +429,8 @@ class PostgresBulkWriter(BulkWriter):
 
 #: Autovacuum's analyze threshold (PostgreSQL's defaults): 10% of the table's rows plus 50.
 ANALYZE_FRACTION, ANALYZE_BASE_ROWS = 0.1, 50
-#: A change set is "few" rows when it is under a tenth of the table (see `update_absent`).
-FEW_FRACTION_INVERSE = 10
+#: A change set is "few" rows when it is under this fraction of the table (see `update_absent`).
+FEW_FRACTION = 0.1
 
 _WRITERS: dict[str, type[BulkWriter]] = {"sqlite": SqliteBulkWriter, "postgresql": PostgresBulkWriter}
 
