@@ -27,10 +27,22 @@ def patch_sqs_retention_check() -> None:
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period
 
 
+def patch_sqs_visible_messages() -> None:
+    from moto.core.utils import unix_time_millis
+    from moto.sqs.models import Queue
+
+    def messages(self: Any) -> list[Any]:
+        now = unix_time_millis()  # once per receive, not twice per queued message
+        return [m for m in self._messages if now > m.visible_at and not now < m.delayed_until]
+
+    Queue.messages = property(messages)
+
+
 def main() -> None:
     from moto.server import main as moto_main
 
     patch_sqs_retention_check()
+    patch_sqs_visible_messages()
     moto_main()
 
 

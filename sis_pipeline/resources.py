@@ -14,7 +14,7 @@ from typing import Any
 
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from sis_pipeline import aws_clients, settings
 from sis_pipeline.registry import Registry, load_registry
@@ -26,6 +26,7 @@ from sis_pipeline.s3 import Archive
 _REGISTRIES: dict[tuple[str, int, int], Registry] = {}
 _WAREHOUSES: dict[str, Any] = {}
 _S3_CLIENTS: dict[str, Any] = {}
+_SQS_CLIENTS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
 
@@ -33,6 +34,7 @@ def _forget_after_fork() -> None:
     # A forked worker must not share the parent's database connections or HTTP pools.
     _WAREHOUSES.clear()
     _S3_CLIENTS.clear()
+    _SQS_CLIENTS.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -184,19 +186,21 @@ class EventQueueResource(ConfigurableResource):
     )
     retry_mode: str = Field(default=aws_clients.PIPELINE_RETRY_MODE, description="botocore retry mode.")
 
-    _client: Any = PrivateAttr(default=None)
-
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
+        """The SQS client for this configuration, built once per process (a sensor tick builds its
+        resources afresh; the code server evaluating ticks every minute keeps one client)."""
+        key = self.model_dump_json()
+        with _LOCK:
+            if key not in _SQS_CLIENTS:
+                import boto3
 
-            self._client = boto3.client(
-                "sqs",
-                endpoint_url=self.endpoint_url or None,
-                region_name=self.region_name,
-                config=aws_clients.client_config(self.retry_mode, self.max_attempts),
-            )
-        return self._client
+                _SQS_CLIENTS[key] = boto3.client(
+                    "sqs",
+                    endpoint_url=self.endpoint_url or None,
+                    region_name=self.region_name,
+                    config=aws_clients.client_config(self.retry_mode, self.max_attempts),
+                )
+            return _SQS_CLIENTS[key]
 
 
 def default_resources() -> dict[str, Any]:
