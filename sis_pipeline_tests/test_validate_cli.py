@@ -161,3 +161,33 @@ def test_bundled_sample_roster_shows_rejections(tmp_path):
 
 def test_bundled_clean_roster_is_clean(tmp_path):
     assert _run(str(SAMPLES / "clean_roster.csv"), cwd=tmp_path).returncode == 0
+
+
+def test_the_console_script_does_not_load_hypothesis(tmp_path):
+    """pandera imports hypothesis when it is installed, for strategies no command uses (0.4 s a start-up);
+    the console script hides it from its own process only."""
+    probe = (
+        "import sys\n"
+        "from sis_pipeline.cli import console\n"
+        f"sys.argv = ['sis-pipeline', 'validate', {str(_write(tmp_path / 'r.csv', CLEAN))!r}]\n"
+        "code = console()\n"
+        "import pandera.pandas\n"
+        "print(code, sys.modules.get('hypothesis') is None, 'pandera' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-3:] == ["0", "True", "True"]
+
+
+def test_report_only_validation_matches_the_import_s_but_computes_no_protected_keys():
+    from sis_pipeline.registry import ClientConfig
+    from sis_pipeline.sisfile.schema import validate_file
+
+    data = REJECTS.encode()
+    client = ClientConfig.default_rules()
+    full = validate_file(data, client, "r.csv")
+    report = validate_file(data, client, "r.csv", report_only=True)
+    assert {"ada@example.org", "not-an-address"} <= set(full.protected_keys)
+    assert len(report.protected_keys) == 0
+    assert (report.rows_total, report.rows_valid, report.rows_rejected) == (3, 1, 2)
+    assert report.rejected.equals(full.rejected) and report.valid.equals(full.valid)

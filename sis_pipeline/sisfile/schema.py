@@ -477,9 +477,14 @@ def _ignored(parsed: ParsedFile, client: ClientConfig, problem: FileProblem) -> 
     )
 
 
-def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFile:
+def validate_file(
+    data: bytes, client: ClientConfig, source: str, *, report_only: bool = False
+) -> ValidatedFile:
     """Parse and validate one uploaded file under a client's rules. Never raises for bad input: an ignored
-    file has `problem` set and empty frames; rejected rows are listed with line, column and reason."""
+    file has `problem` set and empty frames; rejected rows are listed with line, column and reason.
+
+    `report_only` (the `validate` command) leaves `protected_keys` empty: only an import deprovisions, and
+    the identities of a million valid rows cost a hash pass the report never shows."""
     keep = _keep(client)
     parsed = parse_csv(data, source, keep=keep)
     problem = parsed.problem or _missing_columns(parsed, client, source)
@@ -497,8 +502,19 @@ def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFi
     valid = frame[kept] if not rejected_mask.any() else frame.loc[~rejected_mask, kept].reset_index(drop=True)
     years = graduation_years(valid[GRADUATION]) if GRADUATION in valid else None
     warnings, warned = value_warnings(valid, client, years)
-    valid_keys = identity_key(valid[client.identifier], client.identifier, client.id)
     spanning = rejected.loc[rejected["reason_code"] == LINE_BREAK, "line_number"].unique()
+    protected = (
+        pd.Series([], dtype="string")
+        if report_only
+        else _protected_keys(
+            frame,
+            rejected_mask,
+            identity_key(valid[client.identifier], client.identifier, client.id),
+            parsed.bad_rows,
+            np.asarray(spanning),
+            client.id,
+        )
+    )
     result = ValidatedFile(
         client_id=client.id,
         source=source,
@@ -507,9 +523,7 @@ def validate_file(data: bytes, client: ClientConfig, source: str) -> ValidatedFi
         valid=valid,
         rejected=rejected,
         warnings=parsed.warnings + _column_warnings(parsed, client) + warnings,
-        protected_keys=_protected_keys(
-            frame, rejected_mask, valid_keys, parsed.bad_rows, np.asarray(spanning), client.id
-        ),
+        protected_keys=protected,
         rows_warned=int(warned.sum()),
         class_years=years[0] if years is not None else None,
     )

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"sis-pipeline validate: {exc.args[0]}", file=sys.stderr)
         return EXIT_IGNORED
-    result = validate_file(data, client, str(path))
+    result = validate_file(data, client, str(path), report_only=True)
     data_out = summary(result, client, default_rules=args.client is None)
     if args.errors_out:
         write_errors_csv(result, args.errors_out)
