@@ -694,3 +694,43 @@ def test_absent_users_of_a_big_table_are_updated_by_key_probes_and_the_settings_
             assert conn.exec_driver_sql("SHOW enable_hashjoin").scalar() == "on"
     finally:
         warehouse.dispose()
+
+
+def test_the_snapshot_holds_exactly_the_rows_a_plain_read_does(warehouse):
+    # PostgreSQL reads the snapshot through another driver (ADBC): same rows, values, nulls and types.
+    cfg = client(auto_deprovision=True, guard={"max_fraction": 1.0, "min_active": 0})
+    rows = [
+        person(1, first_name='Zoë "Zo", Jr.', last_name="Ødegård", user_login="22_zoe", email_opt_out=True),
+        person(2, graduation_year=None, user_type=None, first_name=None),
+        person(3, last_name="O'Neil\\x"),
+        person(4),
+    ]
+    SyncFile(cfg, rows).apply(warehouse)
+    SyncFile(cfg, rows[:3], sha256="e" * 64).apply(warehouse)  # person 4 missing once
+    plain = warehouse.current_subscribers("22").sort_values("subscriber_key", ignore_index=True)
+    snap = warehouse.snapshot("22").current.sort_values("subscriber_key", ignore_index=True)
+    pd.testing.assert_frame_equal(snap, plain)
+    assert plain["missing_count"].tolist() == [0, 0, 0, 1] and plain["first_name"].isna().sum() == 1
+    empty = warehouse.snapshot("no-such-client").current
+    pd.testing.assert_frame_equal(empty, warehouse.current_subscribers("no-such-client"))
+
+
+def test_the_snapshot_rows_come_from_the_snapshot_of_its_basis(warehouse, monkeypatch):
+    """On PostgreSQL the rows are read on a second connection, which must see the read transaction's own
+    snapshot: a sync committed in between is in neither the basis nor the rows."""
+    if warehouse.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite reads the snapshot on the transaction's own connection")
+    cfg = client(auto_deprovision=True, guard={"max_fraction": 1.0, "min_active": 0})
+    first = SyncFile(cfg, [person(1)])
+    first.apply(warehouse)
+    real_connect = bulk.adbc_connect
+
+    def connect_after_another_sync(uri):
+        SyncFile(cfg, [person(1), person(2)], sha256="d" * 64).apply(warehouse)  # commits meanwhile
+        return real_connect(uri)
+
+    monkeypatch.setattr(bulk, "adbc_connect", connect_after_another_sync)
+    snapshot = warehouse.snapshot("22")
+    assert snapshot.last_sha256 == first.version.sha256
+    assert snapshot.current["subscriber_key"].tolist() == ["student1@school.edu"]
+    assert len(warehouse.current_subscribers("22")) == 2

@@ -130,7 +130,7 @@ class Warehouse:
         """
         with read_transaction(self.engine) as conn:
             basis, last_sha = _last_applied(conn, client_id)
-            current = writer_for(conn).read_subscribers(client_id)
+            current = writer_for(conn).read_snapshot_rows(client_id)
         return Snapshot(client_id, basis, last_sha, current)
 
     def preview(
