@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sis_pipeline.registry import ClientConfig
+from sis_pipeline.sisfile import signature as signatures
 from sis_pipeline.sisfile.result import SUBSCRIBER_COLUMNS, MappedFile
 
 #: Profile columns the file sets; a sync compares them and writes only rows where one changed.
@@ -41,7 +42,7 @@ MEMBERSHIP_COLUMNS: tuple[str, ...] = ("subscriber_key", "community_group", "com
 
 ACTIVE, DEPROVISIONED, DELETED = "active", "deprovisioned", "deleted"
 # ASCII unit / record separators: never in a value we keep (the CSV reader strips control characters).
-_UNIT, _RECORD, _OWNER = "\x1f", "\x1e", "\x1d"
+_UNIT, _RECORD, _OWNER = signatures.UNIT, signatures.RECORD, "\x1d"
 _TRUE_WORDS = ("1", "yes", "true")
 
 
@@ -296,9 +297,8 @@ def _separator(text: str) -> pa.Scalar:
 
 
 def communities_signature(memberships: pd.DataFrame, keys: pd.Series) -> pa.Array:
-    """Per key, its (community_group, community) pairs sorted and joined: `group\\x1fcommunity` joined by
-    `\\x1e`; "" for a key without memberships. Equal signatures mean equal sets, so a sync compares one
-    string per user instead of reading and diffing every stored membership."""
+    """Per key, its (community_group, community) pairs sorted and joined (`sisfile.signature`); "" for a
+    key without memberships. `map_file` computes the same for a file's rows (`MappedFile.signatures`)."""
     out_keys = _keys(keys)
     if not len(memberships) or not len(out_keys):
         return pa.array([""] * len(out_keys), type=pa.large_string())
@@ -307,18 +307,11 @@ def communities_signature(memberships: pd.DataFrame, keys: pd.Series) -> pa.Arra
     )
     owner = pc.index_in(_keys(memberships["subscriber_key"]), value_set=out_keys)
     owner = owner.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    # Few distinct pairs: rank them through their sorted dictionary, then one integer sort orders the rows
-    # by (owner, pair) and the owners' counts become list offsets (Arrow's hash group_by is ~4x slower).
+    # Few distinct pairs: rank them through their sorted dictionary.
     encoded = _flat(combo).dictionary_encode()
-    rank = np.empty(len(encoded.dictionary), dtype=np.int64)
-    rank[np.argsort(encoded.dictionary.to_numpy(zero_copy_only=False), kind="stable")] = np.arange(len(rank))
+    sorted_texts, rank = signatures.ranked(encoded.dictionary)
     pair_rank = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    kept = np.flatnonzero(owner >= 0)
-    order = kept[np.argsort(owner[kept] * len(rank) + pair_rank[kept])]
-    offsets = np.zeros(len(out_keys) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owner[kept], minlength=len(out_keys)), out=offsets[1:])
-    lists = pa.LargeListArray.from_arrays(pa.array(offsets), _flat(combo).take(pa.array(order)))
-    return _flat(pc.binary_join(lists, _separator(_RECORD)))
+    return signatures.join_by_owner(owner, pair_rank, sorted_texts, len(out_keys))
 
 
 def _signature_pairs(keys: pa.Array, signatures: pa.Array) -> pa.Array:
@@ -387,7 +380,11 @@ def build_sync_plan(
     desired = mapped.memberships[list(MEMBERSHIP_COLUMNS)].astype("string").reset_index(drop=True)
     if delete_flag.any():
         desired = desired.loc[~_isin(desired["subscriber_key"], file.loc[delete_flag, "subscriber_key"])]
-    signature = communities_signature(desired, file["subscriber_key"])
+    if mapped.signatures is not None and len(mapped.signatures) == len(file):
+        # computed by map_file from the pairs it derived; a deleted user keeps no communities
+        signature = pc.if_else(pa.array(delete_flag), _separator(""), mapped.signatures)
+    else:
+        signature = communities_signature(desired, file["subscriber_key"])
     old_signature = _keys(old[SIGNATURE])
     if len(signature):
         same_signature = pc.fill_null(pc.equal(signature, old_signature), False)

@@ -8,11 +8,14 @@ import io
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sis_pipeline.registry import ClientConfig
-from sis_pipeline.sisfile import map_file, validate_file
+from sis_pipeline.sisfile import map_file, mapping, validate_file
 from sis_pipeline.sisfile.mapping import duplicated
 from sis_pipeline.sisfile.result import MEMBERSHIP_COLUMNS, SUBSCRIBER_COLUMNS
+from sis_pipeline.sync_plan import communities_signature
 
 BASIC = ["first_name", "last_name", "email"]
 
@@ -262,3 +265,59 @@ def test_class_years_parsed_by_validation_are_the_ones_mapped(monkeypatch):
 )
 def test_duplicated_marks_every_copy_and_never_a_null(values, expected):
     assert duplicated(pa.chunked_array([pa.array(values, pa.large_string())])).tolist() == expected
+
+
+_SIGNATURE_CLIENT = _client(
+    user_types={"Student": "Students", "Faculty": "Faculty & Staff", "Staff": "Faculty & Staff"},
+    extra_fields={
+        "program": {
+            "group": "Programs",
+            "values": {"Bio": "Biology", "Biology": "Biology", "Éco": "Écologie"},
+        },
+        "minor": {"group": "Minors", "values": {"Bio": "Biology", "Art": "Art"}},
+        "club": {"group": "Clubs", "values": {"Chess": "Chess", "Go": "Go", "Zen": "Zen"}},
+    },
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Student", "faculty", "Staff", "Visitor", ""]),
+            st.lists(st.sampled_from(["Bio", "biology", "Éco", "Art", "x", " "]), max_size=4),
+            st.lists(st.sampled_from(["Bio", "Art", "Zz"]), max_size=3),
+            st.lists(st.sampled_from(["Chess", "go", "Zen", "Other"]), max_size=4),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+@settings(max_examples=60, deadline=None)
+@pytest.mark.parametrize("mask_pairs", [64, 1])  # rows' sets as bit masks, and the general sort by row
+def test_map_file_signatures_are_those_of_its_memberships(mask_pairs, rows):
+    """map_file builds each row's communities_signature from integer ranks; it must be byte for byte what
+    the plan's own builder makes from the memberships frame (a stored signature that differs would
+    rewrite every user's communities once)."""
+    lines = [
+        ["A", "B", f"u{i}@x.org", user_type, ";".join(program), ";".join(minor), ";".join(club)]
+        for i, (user_type, program, minor, club) in enumerate(rows)
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mapping, "MASK_PAIRS", mask_pairs)
+        mapped = _map([*BASIC, "user_type", "program", "minor", "club"], *lines, client=_SIGNATURE_CLIENT)
+    expected = communities_signature(mapped.memberships, mapped.subscribers["subscriber_key"])
+    assert mapped.signatures.to_pylist() == expected.to_pylist()
+
+
+def test_a_row_s_signature_lists_its_pairs_sorted():
+    mapped = _map(
+        [*BASIC, "user_type", "program", "minor", "club"],
+        ["A", "B", "a@x.org", "Staff", "Éco;bio", "Bio", "zen;Chess"],
+        ["C", "D", "c@x.org", "Visitor", "", "", ""],
+        client=_SIGNATURE_CLIENT,
+    )
+    assert mapped.signatures.to_pylist() == [
+        "Clubs\x1fChess\x1eClubs\x1fZen\x1eMinors\x1fBiology\x1ePeople/Audience\x1fFaculty & Staff"
+        "\x1ePrograms\x1fBiology\x1ePrograms\x1fÉcologie",
+        "",
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
 from sis_pipeline.sync_plan import CURRENT_COLUMNS, build_sync_plan, communities_signature
@@ -294,3 +296,37 @@ def test_plan_against_an_empty_warehouse_inserts_everyone():
     plan = plan_for(client(auto_deprovision=True), [person(1), person(2)], [])
     assert plan.counts()["inserted"] == 2
     assert plan.guard.active_before == 0
+
+
+def test_a_file_s_own_signatures_plan_exactly_as_its_memberships_do():
+    """map_file hands the plan each row's signature (MappedFile.signatures) instead of the plan deriving
+    them from the memberships; a row flagged for deletion keeps no communities either way."""
+    cfg = client()
+    stored_rows = [signed(1, [("Clubs", "Chess")]), signed(2, [("Clubs", "Go")]), signed(3, [])]
+    sync_file = SyncFile(
+        cfg,
+        [person(1, delete=True), person(2), person(3), person(4)],
+        communities=[
+            ("student1@school.edu", "Clubs", "Chess"),
+            ("student2@school.edu", "Clubs", "Chess"),
+            ("student4@school.edu", "Clubs", "Go"),
+        ],
+    )
+    derived = build_sync_plan(sync_file.mapped, current(stored_rows), cfg)
+    keys = sync_file.mapped.subscribers["subscriber_key"]
+    own = dataclasses.replace(
+        sync_file.mapped, signatures=communities_signature(sync_file.mapped.memberships, keys)
+    )
+    given = build_sync_plan(own, current(stored_rows), cfg)
+    for part in ("inserts", "updates", "deletes", "community_updates", "memberships_add"):
+        pd.testing.assert_frame_equal(getattr(given, part), getattr(derived, part))
+    assert given.deletes["communities_signature"].tolist() == [""]
+    assert given.memberships_replace_keys.tolist() == derived.memberships_replace_keys.tolist()
+    assert (
+        given.membership_counts()
+        == derived.membership_counts()
+        == {
+            "communities_added": 2,
+            "communities_removed": 2,
+        }
+    )

@@ -24,6 +24,7 @@ from sis_pipeline.columns import (
     normalise_value,
 )
 from sis_pipeline.registry import PEOPLE_AUDIENCE_GROUP, ClientConfig
+from sis_pipeline.sisfile import signature
 from sis_pipeline.sisfile.result import (
     MEMBERSHIP_COLUMNS,
     SUBSCRIBER_COLUMNS,
@@ -213,10 +214,11 @@ def explode_values(values: pd.Series | pa.ChunkedArray) -> tuple[np.ndarray, pa.
     return rows.filter(keep).to_numpy().astype(np.int64), flat.filter(keep)
 
 
-def lookup_values(found: pa.ChunkedArray, mapping: dict[str, str]) -> tuple[pa.Array, pa.Array]:
+def lookup_values(found: pa.ChunkedArray, mapping: dict[str, str]) -> tuple[pa.Array, pa.Array, list[str]]:
     """Communities of file values via a folded mapping (trimmed, case-insensitive); unmapped -> null.
 
-    Returns the communities and, per value, an index into the distinct communities (for cheap dedup).
+    Returns the communities, per value an index into the distinct communities (for cheap dedup), and the
+    distinct communities, sorted.
     """
     found = arrow_strings(found)
     uniques = [u for u in pc.unique(found).to_pylist() if u is not None]
@@ -227,7 +229,7 @@ def lookup_values(found: pa.ChunkedArray, mapping: dict[str, str]) -> tuple[pa.A
     code_of = {c: i for i, c in enumerate(communities)}
     position = pc.index_in(found, value_set=pa.array(keys, pa.large_string()))
     codes = pa.array([code_of[mapped[u]] for u in keys], pa.int64()).take(position)
-    return pa.array(communities, pa.large_string()).take(codes), codes
+    return pa.array(communities, pa.large_string()).take(codes), codes, communities
 
 
 # --- warnings --------------------------------------------------------------------------------------------
@@ -285,7 +287,7 @@ def value_warnings(
             )
     if USER_TYPE in valid and client.user_types:
         types = single_value(valid[USER_TYPE])
-        communities, _ = lookup_values(types, client.user_types)
+        communities, _, _ = lookup_values(types, client.user_types)
         unmapped = _mask(pc.and_(pc.is_valid(types), pc.is_null(communities)))
         if unmapped.any():
             warned |= unmapped
@@ -299,7 +301,7 @@ def value_warnings(
         if column not in valid:
             continue
         rows, values = explode_values(valid[column])
-        communities, _ = lookup_values(values, config.values)
+        communities, _, _ = lookup_values(values, config.values)
         unmapped = _mask(pc.is_null(communities))
         if unmapped.any():
             warned[rows[unmapped]] = True
@@ -372,21 +374,25 @@ def map_file(validated: ValidatedFile, client: ClientConfig) -> MappedFile:
         },
         columns=list(SUBSCRIBER_COLUMNS),
     )
-    parts: list[tuple[str, np.ndarray, pa.ChunkedArray, pa.ChunkedArray]] = []
+    parts: list[tuple[str, np.ndarray, pa.ChunkedArray, pa.ChunkedArray, list[str]]] = []
     if client.user_types and n:
-        communities, codes = lookup_values(user_types, client.user_types)
-        parts.append((PEOPLE_AUDIENCE_GROUP, np.arange(n), communities, codes))
+        communities, codes, distinct = lookup_values(user_types, client.user_types)
+        parts.append((PEOPLE_AUDIENCE_GROUP, np.arange(n), communities, codes, distinct))
     for name, config in client.extra_fields.items():
         if name in valid:
             rows, values = explode_values(valid[name])
-            communities, codes = lookup_values(values, config.values)
-            parts.append((config.group, rows, communities, codes))
-    frames = [
-        _memberships(keys, group, rows, communities, codes) for group, rows, communities, codes in parts
-    ]
+            communities, codes, distinct = lookup_values(values, config.values)
+            parts.append((config.group, rows, communities, codes, distinct))
+    frames, owners, pair_ids, texts = [], [], [], []
+    for group, rows, communities, codes, distinct in parts:
+        frame, kept_rows, kept_codes = _memberships(keys, group, rows, communities, codes)
+        frames.append(frame)
+        owners.append(kept_rows)
+        pair_ids.append(kept_codes + len(texts))
+        texts += signature.pair_texts(group, distinct)
     memberships = pd.concat(
         [f for f in frames if len(f)]
-        or [_memberships(keys, "", np.zeros(0, np.int64), nulls[:0], nulls[:0])],
+        or [_memberships(keys, "", np.zeros(0, np.int64), nulls[:0], nulls[:0])[0]],
         ignore_index=True,
     )
     return MappedFile(
@@ -394,11 +400,44 @@ def map_file(validated: ValidatedFile, client: ClientConfig) -> MappedFile:
         subscribers=subscribers,
         memberships=memberships,
         protected_keys=validated.protected_keys,  # already every key of the file, valid or rejected
+        signatures=_signatures(owners, pair_ids, texts, n),
     )
 
 
-def _memberships(keys, group: str, rows: np.ndarray, communities, codes) -> pd.DataFrame:
-    """One (subscriber_key, community_group, community) per row and mapped value, each pair once."""
+#: Up to this many distinct (group, community) pairs, a row's set of pairs is one 64-bit mask.
+MASK_PAIRS = 64
+
+
+def _signatures(owners: list[np.ndarray], pair_ids: list[np.ndarray], texts: list[str], n: int) -> pa.Array:
+    """Each row's communities_signature, from the (row, pair) memberships the parts derived.
+
+    Each group is fed by one column (the registry says so), so the pair texts are distinct and a row holds
+    each pair at most once. With few pairs, as rosters have, a row's set is a bit mask: the signature is
+    written once per distinct set (a few hundred in a million rows) and taken for every row."""
+    if not texts or not n:
+        return pa.array([""] * n, type=pa.large_string())
+    sorted_texts, rank = signature.ranked(pa.array(texts, pa.large_string()))
+    owner, pair_rank = np.concatenate(owners), rank[np.concatenate(pair_ids)]
+    if len(texts) > MASK_PAIRS:
+        return signature.join_by_owner(owner, pair_rank, sorted_texts, n)
+    masks = np.zeros(n, dtype=np.uint64)
+    np.add.at(
+        masks, owner, np.left_shift(np.uint64(1), pair_rank.astype(np.uint64))
+    )  # distinct bits: add = or
+    distinct, row_set = np.unique(masks, return_inverse=True)
+    ordered = sorted_texts.to_pylist()
+    written = [
+        signature.RECORD.join(ordered[bit] for bit in range(len(ordered)) if int(mask) >> bit & 1)
+        for mask in distinct
+    ]
+    return pa.array(written, pa.large_string()).take(pa.array(row_set.ravel()))
+
+
+def _memberships(
+    keys, group: str, rows: np.ndarray, communities, codes
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One (subscriber_key, community_group, community) per row and mapped value, each pair once; with
+    each one's row and community code."""
     mapped = _mask(pc.is_valid(codes)) if len(rows) else np.zeros(0, dtype=bool)
     rows, communities = rows[mapped], pc.filter(communities, pa.array(mapped)) if len(mapped) else communities
     codes = pc.filter(codes, pa.array(mapped)).to_numpy() if len(mapped) else np.zeros(0, np.int64)
@@ -406,7 +445,7 @@ def _memberships(keys, group: str, rows: np.ndarray, communities, codes) -> pd.D
     combined = rows.astype(np.int64) * (int(codes.max()) + 1 if len(codes) else 1) + codes
     _, first = np.unique(combined, return_index=True)
     first.sort()
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "subscriber_key": string_series(pc.take(keys, pa.array(rows[first]))),
             "community_group": string_series(pa.repeat(pa.scalar(group, pa.large_string()), len(first))),
@@ -414,3 +453,4 @@ def _memberships(keys, group: str, rows: np.ndarray, communities, codes) -> pd.D
         },
         columns=list(MEMBERSHIP_COLUMNS),
     )
+    return frame, rows[first].astype(np.int64), codes[first].astype(np.int64)

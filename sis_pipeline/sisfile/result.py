@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow as pa
 
 #: Columns of every rejected-rows frame (and of the `sis_rejected_rows` table, less sync/client ids).
 REJECTED_COLUMNS = ("line_number", "column_name", "reason_code", "message")
@@ -106,3 +107,6 @@ class MappedFile:
     subscribers: pd.DataFrame  # SUBSCRIBER_COLUMNS, one row per subscriber_key
     memberships: pd.DataFrame  # MEMBERSHIP_COLUMNS
     protected_keys: pd.Series  # every identity present in the file, valid or rejected (never deprovisioned)
+    # per subscribers row, its memberships' communities_signature (sisfile/signature.py); None: not known,
+    # the plan computes it from `memberships`
+    signatures: pa.Array | None = None
