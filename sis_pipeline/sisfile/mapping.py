@@ -417,13 +417,13 @@ def _signatures(owners: list[np.ndarray], pair_ids: list[np.ndarray], texts: lis
     if not texts or not n:
         return pa.array([""] * n, type=pa.large_string())
     sorted_texts, rank = signature.ranked(pa.array(texts, pa.large_string()))
-    owner, pair_rank = np.concatenate(owners), rank[np.concatenate(pair_ids)]
     if len(texts) > MASK_PAIRS:
+        owner, pair_rank = np.concatenate(owners), rank[np.concatenate(pair_ids)]
         return signature.join_by_owner(owner, pair_rank, sorted_texts, n)
     masks = np.zeros(n, dtype=np.uint64)
-    np.add.at(
-        masks, owner, np.left_shift(np.uint64(1), pair_rank.astype(np.uint64))
-    )  # distinct bits: add = or
+    bit = np.left_shift(np.uint64(1), rank.astype(np.uint64))
+    for owner, pair_id in zip(owners, pair_ids, strict=True):  # part by part: never all of them at once
+        np.add.at(masks, owner, bit[pair_id])  # a row's pairs are distinct bits: adding them is or-ing them
     distinct, row_set = np.unique(masks, return_inverse=True)
     ordered = sorted_texts.to_pylist()
     written = [
