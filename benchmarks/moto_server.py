@@ -5,7 +5,9 @@ moto 5 checks each message it hands out against the queue's retention period by 
 `ApproximateNumberOfMessages`, a scan of every message with two clock reads each. Receiving a queue of n
 messages therefore costs O(n²): 1,000 queued events took 72–114 s to receive from moto alone, against
 milliseconds per call on SQS. The fix below reads the one attribute it needs straight from the queue, as SQS
-itself would; everything else is moto unchanged. Only the benchmark uses it: the tests run moto's server as
+itself would. Its list of visible messages, rebuilt on every receive, read the clock twice per queued
+message through `datetime` (2 of the 3 s of 100 receives at 1,000 messages); the second fix reads it once per
+receive. Everything else is moto unchanged. Only the benchmark uses it: the tests run moto's server as
 shipped (their queues hold a handful of messages).
 
     python -m benchmarks.moto_server -H 127.0.0.1 -p PORT     # the arguments of `python -m moto.server`

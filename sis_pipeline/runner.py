@@ -11,11 +11,17 @@ import argparse
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
 
 from sis_pipeline import settings, stale_runs
 from sis_pipeline.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
@@ -71,8 +77,28 @@ def _instance():
     if _INSTANCE is None:
         from dagster import DagsterInstance
 
-        _INSTANCE = DagsterInstance.get()
+        with _first_open_lock():
+            _INSTANCE = DagsterInstance.get()
     return _INSTANCE
+
+
+@contextmanager
+def _first_open_lock() -> Iterator[None]:
+    """Serialise opening the instance between processes. The first open of a new DAGSTER_HOME creates its
+    SQLite storage; two commands started at once (two operators, or `sync` beside `demo`) would both create
+    it and one would fail ("table alembic_version already exists"). An exclusive lock on a file in
+    DAGSTER_HOME, held only while opening; none where the platform has no `fcntl`."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home or fcntl is None:
+        yield
+        return
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".sis-pipeline-open.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _forget_instance_after_fork() -> None:

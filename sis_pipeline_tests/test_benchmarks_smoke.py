@@ -303,3 +303,31 @@ def _yaml_text(document: dict) -> str:
     buffer = io.StringIO()
     YAML(typ="safe", pure=True).dump(document, buffer)
     return buffer.getvalue()
+
+
+def test_seconds_targets_are_also_shown_at_the_issue_machine_s_speed():
+    from benchmarks import run
+
+    def result(case, database, seconds, rows=1_002_232):
+        spec = run.CASES[case]
+        return run.CaseResult(
+            case=case, database=database, target=spec.target, rows=rows, seconds=seconds, peak_mib=900.0
+        )
+
+    results = [
+        result("floor_sqlite", "sqlite", 15.0),
+        result("validate_cli", "-", 5.0),  # 2.5 s at twice the speed
+        result("sensor_sqs_1000", "-", 1.5, rows=1000),
+        result("dagster_full_run", "sqlite", 21.0),  # a ratio target: never scaled
+    ]
+    run._judge(results)
+    validate, sqs, full = results[1], results[2], results[3]
+    assert validate.met == "**no** (yes at that speed)" and "≈ 2.50 s" in validate.note
+    assert sqs.met == "yes" and "≈ 0.75 s" in sqs.note
+    assert full.met == "yes" and "issue machine" not in full.note
+    small = [
+        result("floor_sqlite", "sqlite", 1.5, rows=10_000),
+        result("validate_cli", "-", 5.0, rows=10_000),
+    ]
+    run._judge(small)
+    assert small[1].met == "**no**" and small[1].note == ""

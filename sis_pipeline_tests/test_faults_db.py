@@ -227,3 +227,22 @@ def test_a_failure_that_cannot_even_be_logged_says_so_without_the_errors_text(
     assert any("could not record the failed sync (RuntimeError after RuntimeError)" in line for line in lines)
     assert not any(planted in line for line in lines)
     assert all(r.exc_info is None for r in caplog.records if r.name.startswith("sis_pipeline"))
+
+
+def test_commands_started_at_once_on_a_new_dagster_home_all_open_the_instance(tmp_path):
+    """The first open of a new DAGSTER_HOME creates its SQLite storage; without the open lock two of four
+    processes started together failed with "table alembic_version already exists"."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    probe = "from sis_pipeline import runner\nrunner._instance().get_runs_count()\nprint('opened')\n"
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", probe], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err.decode()[-400:] for _, err in outputs]
+    assert all(out.decode().strip() == "opened" for out, _ in outputs)

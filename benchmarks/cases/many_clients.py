@@ -11,6 +11,9 @@
 - `sensor_sqs_1000`: one tick of `sis_upload_sensor` in event mode, with one S3 `ObjectCreated`
   notification per client waiting on an SQS queue (`SIS_EVENTS_QUEUE_URL`), and the hourly reconciling poll
   not due, so the tick handles the events alone.
+
+Both sensor cases time one tick as the daemon and code server evaluate it: the Dagster instance is open and
+the process has its boto3 clients from the previous tick (`before_run`, outside the clock).
 """
 
 from __future__ import annotations
