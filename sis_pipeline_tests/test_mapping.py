@@ -321,3 +321,26 @@ def test_a_row_s_signature_lists_its_pairs_sorted():
         "\x1ePrograms\x1fBiology\x1ePrograms\x1fÉcologie",
         "",
     ]
+
+
+def test_mapping_reuses_the_warnings_lookups_and_maps_the_same():
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*BASIC, "user_type", "program", "minor", "club"])
+    writer.writerows(
+        [
+            ["A", "B", "a@x.org", "Staff", "Éco;bio;x", "Bio", "zen;Chess;Other"],
+            ["C", "D", "c@x.org", "", "", "Art", ""],
+            ["E", "F", "bad-email", "Student", "Bio", "", "Go"],  # rejected: not among the rows looked up
+            ["G", "H", "g@x.org", "Student", "biology", "Zz", "go"],
+        ]
+    )
+    validated = validate_file(buffer.getvalue().encode(), _SIGNATURE_CLIENT, "roster.csv")
+    assert set(validated.looked_up) == {"user_type", "program", "minor", "club"}
+    reused = map_file(validated, _SIGNATURE_CLIENT)
+    validated.looked_up = None
+    fresh = map_file(validated, _SIGNATURE_CLIENT)
+    pd.testing.assert_frame_equal(reused.subscribers, fresh.subscribers)
+    pd.testing.assert_frame_equal(reused.memberships, fresh.memberships)
+    assert reused.signatures.equals(fresh.signatures)
+    assert len(reused.memberships) == 10

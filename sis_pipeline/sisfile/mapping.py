@@ -261,10 +261,14 @@ def _value_warnings(code: str, column: str, values: pa.ChunkedArray, describe) -
 
 
 def value_warnings(
-    valid: pd.DataFrame, client: ClientConfig, years: tuple[pd.Series, np.ndarray] | None = None
+    valid: pd.DataFrame,
+    client: ClientConfig,
+    years: tuple[pd.Series, np.ndarray] | None = None,
+    looked_up: dict[str, tuple] | None = None,
 ) -> tuple[list[FileWarning], np.ndarray]:
     """Warnings (with counts per value) for values dropped from imported rows, and which rows had one.
-    `years` is `graduation_years` of the graduation column when the caller has it already.
+    `years` is `graduation_years` of the graduation column when the caller has it already; `looked_up`,
+    when given, receives each mapped column's lookups for `map_file` (`ValidatedFile.looked_up`).
 
     Bad graduation values always warn. Unmapped `user_type` values warn only for a client that maps user
     types (without mappings the type is stored but feeds no community); a mapped extra column warns for each
@@ -287,7 +291,9 @@ def value_warnings(
             )
     if USER_TYPE in valid and client.user_types:
         types = single_value(valid[USER_TYPE])
-        communities, _, _ = lookup_values(types, client.user_types)
+        communities, codes, distinct = lookup_values(types, client.user_types)
+        if looked_up is not None:
+            looked_up[USER_TYPE] = (None, types, communities, codes, distinct)
         unmapped = _mask(pc.and_(pc.is_valid(types), pc.is_null(communities)))
         if unmapped.any():
             warned |= unmapped
@@ -301,7 +307,9 @@ def value_warnings(
         if column not in valid:
             continue
         rows, values = explode_values(valid[column])
-        communities, _, _ = lookup_values(values, config.values)
+        communities, codes, distinct = lookup_values(values, config.values)
+        if looked_up is not None:
+            looked_up[column] = (rows, values, communities, codes, distinct)
         unmapped = _mask(pc.is_null(communities))
         if unmapped.any():
             warned[rows[unmapped]] = True
@@ -348,7 +356,9 @@ def map_file(validated: ValidatedFile, client: ClientConfig) -> MappedFile:
 
     keys = identity_key(column(client.identifier), client.identifier, client.id)
     login_column = login_source(valid.columns, client)
-    user_types = single_value(column(USER_TYPE))
+    # what the warnings looked up for these very rows, if they did
+    cached = validated.looked_up if validated.looked_up is not None and len(validated.valid) == n else {}
+    user_types = cached[USER_TYPE][1] if USER_TYPE in cached else single_value(column(USER_TYPE))
     if GRADUATION not in valid:
         years = pd.Series(pd.array([pd.NA] * n, dtype="Int64"))
     elif validated.class_years is not None and len(validated.class_years) == n:
@@ -376,10 +386,16 @@ def map_file(validated: ValidatedFile, client: ClientConfig) -> MappedFile:
     )
     parts: list[tuple[str, np.ndarray, pa.ChunkedArray, pa.ChunkedArray, list[str]]] = []
     if client.user_types and n:
-        communities, codes, distinct = lookup_values(user_types, client.user_types)
+        if USER_TYPE in cached:
+            _, _, communities, codes, distinct = cached[USER_TYPE]
+        else:
+            communities, codes, distinct = lookup_values(user_types, client.user_types)
         parts.append((PEOPLE_AUDIENCE_GROUP, np.arange(n), communities, codes, distinct))
     for name, config in client.extra_fields.items():
-        if name in valid:
+        if name in cached:
+            rows, _, communities, codes, distinct = cached[name]
+            parts.append((config.group, rows, communities, codes, distinct))
+        elif name in valid:
             rows, values = explode_values(valid[name])
             communities, codes, distinct = lookup_values(values, config.values)
             parts.append((config.group, rows, communities, codes, distinct))

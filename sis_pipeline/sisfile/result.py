@@ -66,6 +66,9 @@ class ValidatedFile:
     # The graduation column as class years (nullable Int64), row for row with `valid`; None without it.
     # Parsed once here for the warnings and reused by the mapping (about a second at 1M rows).
     class_years: pd.Series | None = None
+    # Per mapped column (user_type, each extra field), what the warnings looked up for the valid rows:
+    # (rows, values, communities, codes, distinct communities); the mapping reuses it (~1 s at 1M rows).
+    looked_up: dict[str, tuple] | None = None
     problem: FileProblem | None = None
     # Set by `release_rows`: how many valid rows there were once `valid` was emptied.
     released_rows: int | None = None
@@ -86,6 +89,7 @@ class ValidatedFile:
             self.released_rows = len(self.valid)
         self.valid = self.valid.iloc[0:0]
         self.class_years = None
+        self.looked_up = None
 
     @property
     def rows_rejected(self) -> int:

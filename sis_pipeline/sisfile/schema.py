@@ -501,7 +501,8 @@ def validate_file(
     kept = [c for c in frame.columns if keep(c)] + ["line_number"]
     valid = frame[kept] if not rejected_mask.any() else frame.loc[~rejected_mask, kept].reset_index(drop=True)
     years = graduation_years(valid[GRADUATION]) if GRADUATION in valid else None
-    warnings, warned = value_warnings(valid, client, years)
+    looked_up: dict[str, tuple] = {}
+    warnings, warned = value_warnings(valid, client, years, looked_up)
     spanning = rejected.loc[rejected["reason_code"] == LINE_BREAK, "line_number"].unique()
     protected = (
         pd.Series([], dtype="string")
@@ -526,6 +527,7 @@ def validate_file(
         protected_keys=protected,
         rows_warned=int(warned.sum()),
         class_years=years[0] if years is not None else None,
+        looked_up=looked_up,
     )
     log.info(
         "validated %s for client %s: %d rows, %d valid, %d rejected, %d warned",
