@@ -207,6 +207,37 @@ def _keys(values: pd.Series | list) -> pa.Array:
     return pa.array(pd.Series(values, dtype="string"), type=pa.large_string())
 
 
+def _as_text(memberships: pd.DataFrame) -> pd.DataFrame:
+    """Memberships as plain strings, a fresh index (`map_file` hands them over dictionary-encoded)."""
+    return memberships.astype("string").reset_index(drop=True)
+
+
+def _membership_owners(mapped: MappedFile, file_keys: pd.Series) -> np.ndarray:
+    """Per membership, the position of its subscriber among the file's rows (-1: none): as `map_file`
+    recorded it, else by key."""
+    rows = mapped.membership_rows
+    if rows is not None and len(rows) == len(mapped.memberships):
+        return np.asarray(rows, dtype=np.int64)
+    return KeyLookup(file_keys).get_indexer(pd.Series(mapped.memberships["subscriber_key"], dtype="string"))
+
+
+def _named_by(names: list[pd.Series], identities: pa.Array) -> np.ndarray:
+    """Per row, whether any of its `names` (columns of equal length, a few rows) is one of `identities`
+    (up to a million): the identities are probed against the rows' names, so the hash table is the small
+    side's."""
+    arrays = [_keys(column) for column in names]
+    if not len(arrays[0]) or not len(identities):
+        return np.zeros(len(arrays[0]), dtype=bool)
+    named = pa.chunked_array(arrays, pa.large_string())
+    hits = identities.filter(
+        pc.fill_null(pc.is_in(identities, value_set=pc.unique(named.drop_null())), False)
+    )
+    found = np.zeros(len(arrays[0]), dtype=bool)
+    for array in arrays:
+        found |= _isin_arrow(array, hits)
+    return found
+
+
 def _isin_arrow(values: pa.Array, allowed: pa.Array) -> np.ndarray:
     if not len(values):
         return np.zeros(0, dtype=bool)
@@ -377,14 +408,15 @@ def build_sync_plan(
     new["missing_count"] = np.zeros(len(new), dtype="int64")
 
     # Communities: the file's set per user (none for a deleted user), compared with the stored signature.
-    desired = mapped.memberships[list(MEMBERSHIP_COLUMNS)].astype("string").reset_index(drop=True)
-    if delete_flag.any():
-        desired = desired.loc[~_isin(desired["subscriber_key"], file.loc[delete_flag, "subscriber_key"])]
+    desired = mapped.memberships[list(MEMBERSHIP_COLUMNS)].reset_index(drop=True)
+    owner = _membership_owners(mapped, file["subscriber_key"])
+    kept = owner >= 0  # a membership of a key the file has no subscriber row for is nobody's
+    kept[kept] = ~delete_flag[owner[kept]]
     if mapped.signatures is not None and len(mapped.signatures) == len(file):
         # computed by map_file from the pairs it derived; a deleted user keeps no communities
         signature = pc.if_else(pa.array(delete_flag), _separator(""), mapped.signatures)
     else:
-        signature = communities_signature(desired, file["subscriber_key"])
+        signature = communities_signature(_as_text(desired.loc[kept]), file["subscriber_key"])
     old_signature = _keys(old[SIGNATURE])
     if len(signature):
         same_signature = pc.fill_null(pc.equal(signature, old_signature), False)
@@ -420,13 +452,9 @@ def build_sync_plan(
 
     # Replaced users lose every stored membership, then they and inserted users get the file's.
     written = replace | (~exists & ~delete_flag)
-    if written.all():
-        memberships_add = desired.reset_index(drop=True)
-    elif not written.any():
-        memberships_add = _empty(MEMBERSHIP_COLUMNS).astype("string")
-    else:
-        chosen = _isin(desired["subscriber_key"], file.loc[written, "subscriber_key"])
-        memberships_add = desired.loc[chosen].reset_index(drop=True)
+    chosen = kept.copy()
+    chosen[kept] = written[owner[kept]]
+    memberships_add = _as_text(desired.loc[chosen] if not chosen.all() else desired)
     written_keys = _keys(file.loc[written, "subscriber_key"])
     old_written = pc.if_else(
         pa.array(exists[written]), _keys(old[SIGNATURE][written]), pa.scalar(None, pa.large_string())
@@ -439,16 +467,16 @@ def build_sync_plan(
     missing = _empty(ABSENT_COLUMNS)
     deprovisions = _empty(ABSENT_COLUMNS)
     if client.auto_deprovision and count_missing and len(cur):
-        present = in_file.copy()
-        protected = cur_index.get_indexer(pd.Series(mapped.protected_keys, dtype="string"))
-        present[protected[protected >= 0]] = True
+        # Only an active stored user the file has no row for can be absent; whether an identity present in
+        # the file (even rejected) names them is asked of those few, not of every stored row.
+        candidates = np.flatnonzero((cur["status"] == ACTIVE).fillna(False).to_numpy(bool) & ~in_file)
         # A rejected row names its person by whatever it still holds: a row rejected for its email by the
         # stored login, a row rejected for a blank user_id/user_login by the email. Either protects them.
-        protected_keys = _keys(mapped.protected_keys)
-        present |= _isin_arrow(_keys(cur["user_login"]), protected_keys)
+        names = [cur["subscriber_key"].take(candidates), cur["user_login"].take(candidates)]
         if client.identifier != "email":
-            present |= _isin_arrow(_keys(cur["email"].str.lower()), protected_keys)
-        absent = cur.loc[(cur["status"] == ACTIVE).fillna(False).to_numpy(bool) & ~present]
+            names.append(cur["email"].take(candidates).str.lower())
+        protected = _named_by(names, _keys(mapped.protected_keys))
+        absent = cur.iloc[candidates[~protected]]
         absent = absent[["subscriber_key", "missing_count"]].assign(missing_count=absent["missing_count"] + 1)
         reached = absent["missing_count"] >= client.deprovision_after_missing_files
         missing = absent.loc[~reached].reset_index(drop=True)

@@ -344,3 +344,28 @@ def test_mapping_reuses_the_warnings_lookups_and_maps_the_same():
     pd.testing.assert_frame_equal(reused.memberships, fresh.memberships)
     assert reused.signatures.equals(fresh.signatures)
     assert len(reused.memberships) == 10
+
+
+def test_each_membership_records_its_subscriber_s_row_and_is_stored_compactly():
+    mapped = _map(
+        [*BASIC, "user_type", "program", "minor", "club"],
+        ["A", "B", "a@x.org", "Staff", "Éco;bio", "Bio", "zen"],
+        ["C", "D", "c@x.org", "Visitor", "", "", ""],
+        ["E", "F", "e@x.org", "Student", "bio", "", "Chess"],
+        client=_SIGNATURE_CLIENT,
+    )
+    keys = mapped.subscribers["subscriber_key"].to_numpy()
+    text = mapped.memberships.astype("string")
+    assert keys[mapped.membership_rows].tolist() == text["subscriber_key"].tolist()
+    # keys index the subscribers' own key array; groups and communities their few distinct texts
+    assert all(pa.types.is_dictionary(dtype.pyarrow_dtype) for dtype in mapped.memberships.dtypes)
+    assert sorted(text.values.tolist()) == [
+        ["a@x.org", "Clubs", "Zen"],
+        ["a@x.org", "Minors", "Biology"],
+        ["a@x.org", "People/Audience", "Faculty & Staff"],
+        ["a@x.org", "Programs", "Biology"],
+        ["a@x.org", "Programs", "Écologie"],
+        ["e@x.org", "Clubs", "Chess"],
+        ["e@x.org", "People/Audience", "Students"],
+        ["e@x.org", "Programs", "Biology"],
+    ]

@@ -330,3 +330,31 @@ def test_a_file_s_own_signatures_plan_exactly_as_its_memberships_do():
             "communities_removed": 2,
         }
     )
+
+
+def test_memberships_located_by_row_plan_exactly_as_those_matched_by_key():
+    """map_file records each membership's subscriber row (MappedFile.membership_rows) so the plan picks the
+    memberships it writes by position; matched by key instead, the plan is the same."""
+    cfg = client()
+    stored_rows = [signed(1, [("Clubs", "Chess")]), signed(2, [("Clubs", "Go")])]
+    sync_file = SyncFile(
+        cfg,
+        [person(1, delete=True), person(2), person(3)],
+        communities=[
+            ("student3@school.edu", "Clubs", "Go"),
+            ("student1@school.edu", "Clubs", "Chess"),
+            ("student2@school.edu", "Clubs", "Chess"),
+        ],
+    )
+    by_key = build_sync_plan(sync_file.mapped, current(stored_rows), cfg)
+    keys = pd.Index(sync_file.mapped.subscribers["subscriber_key"])
+    rows = keys.get_indexer(sync_file.mapped.memberships["subscriber_key"])
+    by_row = build_sync_plan(
+        dataclasses.replace(sync_file.mapped, membership_rows=rows), current(stored_rows), cfg
+    )
+    pd.testing.assert_frame_equal(by_row.memberships_add, by_key.memberships_add)
+    assert sorted(by_row.memberships_add.values.tolist()) == [
+        ["student2@school.edu", "Clubs", "Chess"],
+        ["student3@school.edu", "Clubs", "Go"],
+    ]
+    assert by_row.membership_counts() == by_key.membership_counts()

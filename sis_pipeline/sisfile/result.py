@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -67,7 +68,7 @@ class ValidatedFile:
     # Parsed once here for the warnings and reused by the mapping (about a second at 1M rows).
     class_years: pd.Series | None = None
     # Per mapped column (user_type, each extra field), what the warnings looked up for the valid rows:
-    # (rows, values, communities, codes, distinct communities); the mapping reuses it (~1 s at 1M rows).
+    # (rows, values, community codes, distinct communities); the mapping reuses it (~1 s at 1M rows).
     looked_up: dict[str, tuple] | None = None
     problem: FileProblem | None = None
     # Set by `release_rows`: how many valid rows there were once `valid` was emptied.
@@ -109,8 +110,13 @@ class MappedFile:
 
     client_id: str
     subscribers: pd.DataFrame  # SUBSCRIBER_COLUMNS, one row per subscriber_key
-    memberships: pd.DataFrame  # MEMBERSHIP_COLUMNS
+    # MEMBERSHIP_COLUMNS; from `map_file` dictionary-encoded (each key an index into the subscribers'
+    # keys, groups and communities into their few distinct texts): read them as text with astype("string")
+    memberships: pd.DataFrame
     protected_keys: pd.Series  # every identity present in the file, valid or rejected (never deprovisioned)
     # per subscribers row, its memberships' communities_signature (sisfile/signature.py); None: not known,
     # the plan computes it from `memberships`
     signatures: pa.Array | None = None
+    # per membership, the position of its subscriber in `subscribers`; None: not known, the plan matches
+    # memberships to subscribers by key
+    membership_rows: np.ndarray | None = None
