@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sis_pipeline.columns import ALIASES
-from sis_pipeline.sisfile.parse import parse_csv
+from sis_pipeline.sisfile.parse import is_utf8, parse_csv
 
 HEADER = "first_name,last_name,email"
 
@@ -26,6 +26,23 @@ def _records(parsed) -> list[dict]:
 
 
 # --- decoding -------------------------------------------------------------------------------------------
+
+# UTF-8 that Python's codec refuses and a lax checker might let through: overlong forms, surrogates, code
+# points past U+10FFFF, cut-off and stray continuation bytes.
+_UTF8_EDGES = [b"\xc0\x80", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80",
+               b"\xe2\x82", b"\x80", b"\xbf\xbf", b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"a"]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(_UTF8_EDGES) | st.binary(max_size=6), max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_fast_utf8_check_agrees_with_python_s_codec(pieces):
+    data = b"".join(pieces)
+    try:
+        data.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    assert is_utf8(data) is valid
 
 
 def test_utf8_without_bom_is_read():

@@ -190,8 +190,10 @@ def _decode(data: bytes, source: str) -> tuple[bytes, str, list[FileWarning]] | 
     else:
         encoding = "utf-8"
     bom = len(_UTF8_BOM) if encoding == "utf-8-sig" else 0
+    if is_utf8(data):
+        return data, encoding, []
     try:
-        data.decode("utf-8")
+        data.decode("utf-8")  # the slow, exact reader: where the first invalid byte is, and why
         return data, encoding, []
     except UnicodeDecodeError as utf8_error:
         utf8_offset = utf8_error.start + bom
@@ -228,6 +230,18 @@ def _decode(data: bytes, source: str) -> tuple[bytes, str, list[FileWarning]] | 
         "Save the file as UTF-8 to be sure accented names are read as intended.",
     )
     return text.encode("utf-8"), "windows-1252", [warning]
+
+
+def is_utf8(data: bytes) -> bool:
+    """Whether the bytes are valid UTF-8, by Arrow's vectorised check (about ten times Python's decode of a
+    100 MB file, and no copy): the bytes as one binary value, cast to text."""
+    offsets = pa.py_buffer(np.array([0, len(data)], dtype=np.int64))
+    value = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
+    try:
+        value.cast(pa.large_string())
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _not_a_text_file(data: bytes) -> str | None:
@@ -296,7 +310,9 @@ def _fast_records(
             return None
     cr = np.flatnonzero(arr == _CR)
     lf = np.flatnonzero(arr == _LF)
-    if len(cr):
+    if len(cr) and len(cr) == len(lf) and bool((lf - cr == 1).all()):
+        breaks, break_len = cr, np.int64(2)  # every line ends in CRLF, as RFC 4180 and Excel write them
+    elif len(cr):
         lf = lf[(lf == 0) | (arr[np.maximum(lf - 1, 0)] != _CR)]  # the LF of a CRLF is part of the CR's break
         breaks = np.sort(np.concatenate([cr, lf]))
         crlf = (arr[breaks] == _CR) & (arr[np.minimum(breaks + 1, n - 1)] == _LF) & (breaks + 1 < n)
@@ -318,7 +334,8 @@ def _fast_records(
             byte_offset=first_quote,
         )
     rec_ends = breaks[end_idx]
-    starts = np.concatenate([[0], breaks[end_idx] + break_len[end_idx]]).astype(np.int64)
+    step = break_len[end_idx] if break_len.ndim else break_len
+    starts = np.concatenate([[0], breaks[end_idx] + step]).astype(np.int64)
     ends = np.concatenate([rec_ends, [n]]).astype(np.int64)
     lines = np.concatenate([[1], end_idx + 2]).astype(np.int64)
     keep = ends > starts  # blank lines are not records (pyarrow skips them too)
@@ -438,7 +455,8 @@ def _read_arrow(
             read_options=pa_csv.ReadOptions(column_names=names, block_size=16 << 20),
             parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip_invalid),
             convert_options=pa_csv.ConvertOptions(
-                column_types=dict.fromkeys(included, pa.string()),
+                # large_string: the type pandas' Arrow strings hold, so no column is cast again
+                column_types=dict.fromkeys(included, pa.large_string()),
                 include_columns=included,
                 null_values=[],
                 strings_can_be_null=False,
