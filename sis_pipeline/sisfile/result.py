@@ -70,6 +70,9 @@ class ValidatedFile:
     # Per mapped column (user_type, each extra field), what the warnings looked up for the valid rows:
     # (rows, values, community codes, distinct communities); the mapping reuses it (~1 s at 1M rows).
     looked_up: dict[str, tuple] | None = None
+    # The identifier of each valid row as stored (`mapping.identity_key`), row for row with `valid`: the
+    # protected keys are built from it and the mapping reuses it as the subscribers' keys. None: not built.
+    valid_keys: pa.ChunkedArray | None = None
     problem: FileProblem | None = None
     # Set by `release_rows`: how many valid rows there were once `valid` was emptied.
     released_rows: int | None = None
@@ -91,6 +94,7 @@ class ValidatedFile:
         self.valid = self.valid.iloc[0:0]
         self.class_years = None
         self.looked_up = None
+        self.valid_keys = None
 
     @property
     def rows_rejected(self) -> int:

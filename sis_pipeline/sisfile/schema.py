@@ -504,16 +504,12 @@ def validate_file(
     looked_up: dict[str, tuple] = {}
     warnings, warned = value_warnings(valid, client, years, looked_up)
     spanning = rejected.loc[rejected["reason_code"] == LINE_BREAK, "line_number"].unique()
+    valid_keys = None if report_only else identity_key(valid[client.identifier], client.identifier, client.id)
     protected = (
         pd.Series([], dtype="string")
         if report_only
         else _protected_keys(
-            frame,
-            rejected_mask,
-            identity_key(valid[client.identifier], client.identifier, client.id),
-            parsed.bad_rows,
-            np.asarray(spanning),
-            client.id,
+            frame, rejected_mask, valid_keys, parsed.bad_rows, np.asarray(spanning), client.id
         )
     )
     result = ValidatedFile(
@@ -528,6 +524,7 @@ def validate_file(
         rows_warned=int(warned.sum()),
         class_years=years[0] if years is not None else None,
         looked_up=looked_up,
+        valid_keys=valid_keys,
     )
     log.info(
         "validated %s for client %s: %d rows, %d valid, %d rejected, %d warned",
