@@ -152,13 +152,15 @@ def _start_profiler():
 
 
 def _save_profile(profiler, ctx: BenchContext) -> None:
-    """The measured phase's call tree: text (for docs/) and HTML (to explore) under <out>/profiles/."""
+    """The measured phase's call tree: text (for docs/), HTML (to explore) and the session itself
+    (`pyinstrument --load <name>.pyisession` renders it again, e.g. with `--show-all`) under <out>/profiles/."""
     profiler.stop()
     folder = Path(ctx.out_dir) / "profiles"
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{ctx.case}_{ctx.database if ctx.database != '-' else 'none'}"
     (folder / f"{name}.txt").write_text(profiler.output_text(unicode=True, color=False, show_all=False))
     (folder / f"{name}.html").write_text(profiler.output_html())
+    profiler.last_session.save(str(folder / f"{name}.pyisession"))
 
 
 def _run_phase(phase: str, ctx: BenchContext) -> dict:

@@ -26,11 +26,28 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    """Bring the warehouse to `revision` inside one locked transaction (idempotent)."""
+    """Bring the warehouse to `revision` inside one locked transaction (idempotent).
+
+    A warehouse already at the latest revision is left alone after one read of its version table: no lock
+    is taken, so a sync starting while another client's sync writes (SQLite has one writer) does not wait
+    for it, and every sync command is spared Alembic's full upgrade walk (~0.3 s on PostgreSQL)."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
+    if revision == "head" and _at_head(engine, config):
+        return
     with write_transaction(engine, _MIGRATION_LOCK) as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def _at_head(engine: sa.Engine, config: Config) -> bool:
+    """Whether the warehouse's version table names exactly the packaged migrations' head(s)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_heads()
+    return set(current) == heads
 
 
 def current_revision(engine: sa.Engine) -> str | None:
