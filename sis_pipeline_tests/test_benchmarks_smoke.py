@@ -319,6 +319,7 @@ def test_seconds_targets_are_also_shown_at_the_issue_machine_s_speed():
         result("validate_cli", "-", 5.0),  # 2.5 s at twice the speed
         result("sensor_sqs_1000", "-", 1.5, rows=1000),
         result("dagster_full_run", "sqlite", 21.0),  # a ratio target: never scaled
+        result("weekly_1000_clients", "sqlite", 900.0, rows=1_000_000),  # other files: no ratio
     ]
     run._judge(results)
     run._judge(results)  # the runner judges the table again after every case: nothing is said twice
@@ -328,6 +329,7 @@ def test_seconds_targets_are_also_shown_at_the_issue_machine_s_speed():
     assert table.count("≈ 2.50 s at the issue machine's speed") == 1
     assert sqs.met == "yes" and "≈ 0.75 s" in table
     assert full.met == "yes" and "dagster_full_run (sqlite): ≈" not in table
+    assert full.ratio == 21.0 / 15.0 and results[4].ratio is None
     small = [
         result("floor_sqlite", "sqlite", 1.5, rows=10_000),
         result("validate_cli", "-", 5.0, rows=10_000),
