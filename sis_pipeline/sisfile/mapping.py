@@ -118,7 +118,9 @@ def normalise_email(values: pd.Series | pa.ChunkedArray) -> pa.ChunkedArray:
     fixed = pc.binary_join_element_wise(
         pc.list_element(parts, 0), pc.utf8_lower(pc.list_element(parts, 1)), _lit("@")
     )
-    return pa.chunked_array([pc.replace_with_mask(values.combine_chunks(), pa.array(cased), fixed.combine_chunks())])
+    return pa.chunked_array(
+        [pc.replace_with_mask(values.combine_chunks(), pa.array(cased), fixed.combine_chunks())]
+    )
 
 
 def identity_key(values: pd.Series | pa.ChunkedArray, column: str, client_id: str) -> pa.ChunkedArray:
