@@ -306,6 +306,8 @@ def _judge(results: list[CaseResult]) -> None:
                 r.met = f"{who} {r.seconds / ours:.1f}× faster"
             else:
                 r.met = f"{who} {ours / r.seconds:.1f}× slower"
+        elif spec.target_ratio is not None and r.ratio is None:
+            r.met = "n/a (no floor in this run)"  # not judged: a missing floor is not a missed target
         else:
             ok = True
             if spec.target_ratio is not None:

@@ -336,3 +336,33 @@ def test_seconds_targets_are_also_shown_at_the_issue_machine_s_speed():
     ]
     run._judge(small)
     assert small[1].met == "**no**" and "issue machine" not in run.markdown_table(small)
+
+
+def test_a_ratio_target_without_its_floor_in_the_run_is_not_judged():
+    from benchmarks import run
+
+    spec = run.CASES["dagster_full_run"]
+    results = [
+        run.CaseResult(
+            case="floor_sqlite", database="sqlite", target="", rows=1_002_232, seconds=10.0, peak_mib=1.0
+        ),
+        run.CaseResult(
+            case="dagster_full_run",
+            database="sqlite",
+            target=spec.target,
+            rows=1_002_232,
+            seconds=16.0,
+            peak_mib=1.0,
+        ),
+        run.CaseResult(
+            case="dagster_full_run",
+            database="postgresql",
+            target=spec.target,
+            rows=1_002_232,
+            seconds=12.0,
+            peak_mib=1.0,
+        ),
+    ]
+    run._judge(results)
+    assert results[1].met == "**no**"  # 1.6x its floor
+    assert results[2].ratio is None and results[2].met == "n/a (no floor in this run)"
