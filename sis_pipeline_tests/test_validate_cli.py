@@ -190,4 +190,26 @@ def test_report_only_validation_matches_the_import_s_but_computes_no_protected_k
     assert {"ada@example.org", "not-an-address"} <= set(full.protected_keys)
     assert len(report.protected_keys) == 0
     assert (report.rows_total, report.rows_valid, report.rows_rejected) == (3, 1, 2)
-    assert report.rejected.equals(full.rejected) and report.valid.equals(full.valid)
+    assert report.rejected.equals(full.rejected)
+    assert report.valid.equals(full.valid[list(report.valid.columns)])
+
+
+def test_a_report_keeps_only_the_columns_its_value_warnings_read_and_warns_as_an_import_does():
+    from benchmarks.generate import benchmark_client_config, iter_file_chunks
+    from sis_pipeline.sisfile.schema import validate_file
+
+    data = b"".join(bytes(chunk) for chunk in iter_file_chunks(3000, week=2))
+    client = benchmark_client_config()  # maps user types and two extra fields
+    full = validate_file(data, client, "w.csv")
+    report = validate_file(data, client, "w.csv", report_only=True)
+    assert sorted(report.valid.columns) == sorted(
+        ["user_type", "graduation", *client.extra_fields, "line_number"]
+    )
+    assert len(full.valid.columns) > len(report.valid.columns)
+    assert report.warnings == full.warnings and len(report.warnings) >= 2
+    assert (report.rows_valid, report.rows_warned, report.rows_rejected) == (
+        full.rows_valid,
+        full.rows_warned,
+        full.rows_rejected,
+    )
+    assert report.rows_warned > 0

@@ -403,6 +403,10 @@ def _protected_keys(
     return string_series(pa_arrow.chunked_array([*valid_keys.chunks, extra], pa_arrow.large_string()))
 
 
+#: The core columns `value_warnings` reads (besides the client's mapped extra fields).
+_WARNED_COLUMNS = (GRADUATION, USER_TYPE)
+
+
 def _keep(client: ClientConfig):
     """Which columns validation needs: the core ones and the client's mapped extra fields."""
     return lambda name: name in CORE_COLUMNS or name in client.extra_fields
@@ -484,7 +488,8 @@ def validate_file(
     file has `problem` set and empty frames; rejected rows are listed with line, column and reason.
 
     `report_only` (the `validate` command) leaves `protected_keys` empty: only an import deprovisions, and
-    the identities of a million valid rows cost a hash pass the report never shows."""
+    the identities of a million valid rows cost a hash pass the report never shows; its `valid` frame holds
+    only the columns the value warnings read (graduation, user type, mapped extra fields) and line numbers."""
     keep = _keep(client)
     parsed = parse_csv(data, source, keep=keep)
     problem = parsed.problem or _missing_columns(parsed, client, source)
@@ -498,7 +503,10 @@ def validate_file(
     if problem is not None:
         return _ignored(parsed, client, problem)
     rejected_mask = frame["line_number"].isin(rejected["line_number"]).to_numpy()
-    kept = [c for c in frame.columns if keep(c)] + ["line_number"]
+    # A report (the `validate` command) keeps of its valid rows only what the value warnings read: the
+    # copy of the other columns is ~0.2 s at 1M rows that no report shows.
+    needed = (lambda c: c in _WARNED_COLUMNS or c in client.extra_fields) if report_only else keep
+    kept = [c for c in frame.columns if needed(c)] + ["line_number"]
     valid = frame[kept] if not rejected_mask.any() else frame.loc[~rejected_mask, kept].reset_index(drop=True)
     years = graduation_years(valid[GRADUATION]) if GRADUATION in valid else None
     looked_up: dict[str, tuple] = {}
