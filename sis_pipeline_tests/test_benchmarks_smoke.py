@@ -305,21 +305,29 @@ def _yaml_text(document: dict) -> str:
     return buffer.getvalue()
 
 
+def _result(case, database, seconds, rows=1_002_232):
+    """A measured case as the runner records it, for judging."""
+    from benchmarks import run
+
+    return run.CaseResult(
+        case=case,
+        database=database,
+        target=run.CASES[case].target,
+        rows=rows,
+        seconds=seconds,
+        peak_mib=900.0,
+    )
+
+
 def test_seconds_targets_are_also_shown_at_the_issue_machine_s_speed():
     from benchmarks import run
 
-    def result(case, database, seconds, rows=1_002_232):
-        spec = run.CASES[case]
-        return run.CaseResult(
-            case=case, database=database, target=spec.target, rows=rows, seconds=seconds, peak_mib=900.0
-        )
-
     results = [
-        result("floor_sqlite", "sqlite", 15.0),
-        result("validate_cli", "-", 5.0),  # 2.5 s at twice the speed
-        result("sensor_sqs_1000", "-", 1.5, rows=1000),
-        result("dagster_full_run", "sqlite", 21.0),  # a ratio target: never scaled
-        result("weekly_1000_clients", "sqlite", 900.0, rows=1_000_000),  # other files: no ratio
+        _result("floor_sqlite", "sqlite", 15.0),
+        _result("validate_cli", "-", 5.0),  # 2.5 s at twice the speed
+        _result("sensor_sqs_1000", "-", 1.5, rows=1000),
+        _result("dagster_full_run", "sqlite", 21.0),  # a ratio target: never scaled
+        _result("weekly_1000_clients", "sqlite", 900.0, rows=1_000_000),  # other files: no ratio
     ]
     run._judge(results)
     run._judge(results)  # the runner judges the table again after every case: nothing is said twice
@@ -331,8 +339,8 @@ def test_seconds_targets_are_also_shown_at_the_issue_machine_s_speed():
     assert full.met == "yes" and "dagster_full_run (sqlite): ≈" not in table
     assert full.ratio == 21.0 / 15.0 and results[4].ratio is None
     small = [
-        result("floor_sqlite", "sqlite", 1.5, rows=10_000),
-        result("validate_cli", "-", 5.0, rows=10_000),
+        _result("floor_sqlite", "sqlite", 1.5, rows=10_000),
+        _result("validate_cli", "-", 5.0, rows=10_000),
     ]
     run._judge(small)
     assert small[1].met == "**no**" and "issue machine" not in run.markdown_table(small)
@@ -341,27 +349,10 @@ def test_seconds_targets_are_also_shown_at_the_issue_machine_s_speed():
 def test_a_ratio_target_without_its_floor_in_the_run_is_not_judged():
     from benchmarks import run
 
-    spec = run.CASES["dagster_full_run"]
     results = [
-        run.CaseResult(
-            case="floor_sqlite", database="sqlite", target="", rows=1_002_232, seconds=10.0, peak_mib=1.0
-        ),
-        run.CaseResult(
-            case="dagster_full_run",
-            database="sqlite",
-            target=spec.target,
-            rows=1_002_232,
-            seconds=16.0,
-            peak_mib=1.0,
-        ),
-        run.CaseResult(
-            case="dagster_full_run",
-            database="postgresql",
-            target=spec.target,
-            rows=1_002_232,
-            seconds=12.0,
-            peak_mib=1.0,
-        ),
+        _result("floor_sqlite", "sqlite", 10.0),
+        _result("dagster_full_run", "sqlite", 16.0),
+        _result("dagster_full_run", "postgresql", 12.0),
     ]
     run._judge(results)
     assert results[1].met == "**no**"  # 1.6x its floor
